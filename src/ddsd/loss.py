@@ -1,0 +1,290 @@
+"""Step 5 of the method: the loss, cross-entropy plus distillation on the kept pixels.
+
+.. math::
+
+    L = \\frac{1}{|V|} \\sum_{i \\in V} CE_i
+        + \\lambda T^2 \\frac{1}{|M|} \\sum_{i \\in M} KL(p_t \\| p_s^{T})_i
+
+``V`` = valid pixels, ``M`` = kept valid pixels (:func:`ddsd.dropout.keep_mask` with the schedule's rate),
+``p_s^T = softmax(z_s / T)``. The KD term is 0 (not NaN) when ``M`` is empty; with ``ce_on_dropped=False``
+the CE term is averaged over ``M`` too.
+
+Cost: with the virtual teacher (``a``, ``b = (1 - a) / (K - 1)``) the per-pixel KL has the closed form
+``KL_i = sum_k p_t log p_t - (a - b) log p_s(y_i) - b sum_k log p_s(k)_i``, so the ``[B, K, H, W]`` teacher
+tensor is never built; with ``difficulty="kl"`` the same per-pixel values are the difficulty (computed once).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddsd._checks import check_finite, check_logits, check_target
+from ddsd.difficulty import check_kind, pixel_difficulty
+from ddsd.dropout import check_scope, select_keep
+from ddsd.schedules import Capability, Constant, RateSchedule, Threshold
+from ddsd.teacher import teacher_log_probs, virtual_teacher, virtual_teacher_values
+
+__all__ = ["DDSDLoss", "LossOutput"]
+
+
+class LossOutput(NamedTuple):
+    """What :class:`DDSDLoss` returns.
+
+    Attributes:
+        loss: scalar tensor to back-propagate.
+        tensors: the per-step statistics as detached 0-d tensors (no host sync until read).
+    """
+
+    loss: Tensor
+    tensors: dict[str, Tensor]
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Per-step statistics as Python floats: ``rate``, ``kept_fraction``, ``difficulty_kept``,
+        ``difficulty_dropped`` (NaN when nothing is dropped), ``capability`` (NaN before the first
+        measurement or for schedules without one), ``pixel_acc``, ``mean_class_acc``, ``ce``, ``kd``."""
+        return {k: float(v) for k, v in self.tensors.items()}
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over ``mask`` (0 when the mask is empty)."""
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
+class DDSDLoss(nn.Module):
+    """Dynamic dropout self-distillation loss (a drop-in criterion for segmentation training loops).
+
+    Args:
+        num_classes: ``K >= 2``.
+        confidence: virtual-teacher confidence ``a in (1/K, 1]`` (used when no teacher logits are given).
+        temperature: ``T > 0`` for the student (and network-teacher) softmax of the KD term.
+        kd_weight: ``lambda >= 0``.
+        difficulty: ``"kl" | "target_gap" | "l1"`` (:func:`ddsd.pixel_difficulty`).
+        scope: ``"per_image" | "per_batch"``; under DDP ``per_batch`` ranks each rank's local batch.
+        schedule: a :class:`~ddsd.schedules.RateSchedule`, or a float for a constant rate;
+            default :class:`~ddsd.schedules.Capability`.
+        ignore_index: void label in the target.
+        ce_on_dropped: keep the dropped pixels in the CE term (default) or remove them from it too.
+        check_inputs: validate target values and finiteness of the logits (one host sync each).
+        sync_capability: under ``torch.distributed``, sum the accuracy counts over ranks in :meth:`step` so
+            every rank uses the same rate.
+
+    Call ``out = crit(student_logits [B,K,H,W], target [B,H,W], teacher_logits=None [B,K,h,w])``; then
+    ``out.loss.backward()``, ``optimizer.step()``, ``crit.step()``. ``crit.state_dict()`` holds the schedule.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        confidence: float = 0.9,
+        temperature: float = 1.0,
+        kd_weight: float = 1.0,
+        difficulty: str = "kl",
+        scope: str = "per_image",
+        schedule: RateSchedule | float | None = None,
+        ignore_index: int = 255,
+        ce_on_dropped: bool = True,
+        check_inputs: bool = True,
+        sync_capability: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.confidence = float(confidence)
+        self._virtual = virtual_teacher_values(confidence, self.num_classes)  # validates K and a
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not kd_weight >= 0:
+            raise ValueError(f"kd_weight must be >= 0, got {kd_weight!r}")
+        self.temperature = float(temperature)
+        self.kd_weight = float(kd_weight)
+        self.difficulty = check_kind(difficulty)
+        self.scope = check_scope(scope)
+        if schedule is None:
+            schedule = Capability()
+        elif isinstance(schedule, int | float):
+            schedule = Constant(schedule)
+        elif not isinstance(schedule, RateSchedule):
+            raise TypeError(f"schedule must be a RateSchedule or a float rate, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.ignore_index = int(ignore_index)
+        self.ce_on_dropped = bool(ce_on_dropped)
+        self.check_inputs = bool(check_inputs)
+        self.sync_capability = bool(sync_capability)
+        # Step state lives in buffers so that a compiled forward reads it without recompiling.
+        self.register_buffer("_rate", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.register_buffer("_capability", torch.full((), float("nan")), persistent=False)
+        self.register_buffer("_counts", torch.zeros(2, self.num_classes, dtype=torch.int64), persistent=False)
+        self.register_buffer("_kept", torch.zeros(2, dtype=torch.int64), persistent=False)
+        self._refresh_buffers()
+
+    # -- schedule ---------------------------------------------------------------------------------------
+    @property
+    def rate(self) -> float:
+        """The dropout rate the next forward uses."""
+        return self.schedule.rate
+
+    def _refresh_buffers(self) -> None:
+        self._rate.fill_(0.0 if isinstance(self.schedule, Threshold) else self.schedule.rate)
+        cap = getattr(self.schedule, "capability", None)
+        self._capability.fill_(float("nan") if cap is None else cap)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Advance the schedule by one optimiser step, feeding it the accuracy measured since the last step.
+
+        Under an initialised ``torch.distributed`` group (and ``sync_capability``) the counts are summed
+        over ranks first (a collective: every rank must call ``step``), so all ranks share one rate.
+        """
+        counts = torch.cat([self._counts.flatten(), self._kept])
+        if self.sync_capability and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        counts = counts.cpu()
+        k = self.num_classes
+        correct, total, (kept, valid) = counts[:k], counts[k : 2 * k], counts[2 * k :].tolist()
+        capability = None
+        if int(total.sum()) > 0:
+            if getattr(self.schedule, "metric", "mean_class_acc") == "pixel_acc":
+                capability = float(correct.sum()) / float(total.sum())
+            else:
+                present = total > 0
+                capability = float((correct[present].double() / total[present].double()).mean())
+        if isinstance(self.schedule, Threshold) and valid > 0:
+            self.schedule.record(1.0 - kept / valid)
+        self.schedule.step(capability if self.schedule.needs_capability else None)
+        self._counts.zero_()
+        self._kept.zero_()
+        self._refresh_buffers()
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state["schedule"])
+        self._refresh_buffers()
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, confidence={self.confidence}, temperature={self.temperature}, "
+            f"kd_weight={self.kd_weight}, difficulty={self.difficulty!r}, scope={self.scope!r}, "
+            f"schedule={self.schedule!r}, ce_on_dropped={self.ce_on_dropped}"
+        )
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def _check(self, student_logits: Tensor, target: Tensor, teacher_logits: Tensor | None) -> Tensor:
+        check_logits("student_logits", student_logits)
+        bsz, k, h, w = student_logits.shape
+        if k != self.num_classes:
+            raise ValueError(
+                f"student_logits has {k} classes (dim 1), "
+                f"DDSDLoss was built with num_classes={self.num_classes}"
+            )
+        if teacher_logits is not None:
+            check_logits("teacher_logits", teacher_logits)
+            if teacher_logits.shape[1] != k:
+                raise ValueError(f"teacher_logits has {teacher_logits.shape[1]} classes, the student has {k}")
+            if teacher_logits.shape[0] != bsz:
+                raise ValueError(f"teacher_logits batch {teacher_logits.shape[0]} != student batch {bsz}")
+        if not self.check_inputs:
+            return target.long()
+        target = check_target(target, bsz, h, w, k, self.ignore_index)
+        check_finite("student_logits", student_logits)
+        if teacher_logits is not None:
+            check_finite("teacher_logits", teacher_logits)
+        return target
+
+    def forward(
+        self, student_logits: Tensor, target: Tensor, teacher_logits: Tensor | None = None
+    ) -> LossOutput:
+        """Loss and statistics for one batch.
+
+        Args:
+            student_logits: ``[B, K, H, W]`` (any floating dtype; the loss is computed in float32).
+            target: ``[B, H, W]`` integer class ids, ``ignore_index`` for void.
+            teacher_logits: optional network-teacher logits ``[B, K, h, w]`` (resized to ``H, W``);
+                ``None`` uses the virtual teacher.
+        """
+        target = self._check(student_logits, target, teacher_logits)
+        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+            return self._forward(student_logits.float(), target, teacher_logits)
+
+    def _forward(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None) -> LossOutput:
+        t = self.temperature
+        valid = target != self.ignore_index
+        y0 = torch.where(valid, target, 0).unsqueeze(1)  # [B, 1, H, W]
+        log_p1 = F.log_softmax(z, dim=1)
+        ce_pix = -log_p1.gather(1, y0).squeeze(1)
+        log_ps = log_p1 if t == 1.0 else F.log_softmax(z / t, dim=1)
+        log_pt = None
+        if teacher_logits is None:
+            a, b, neg_entropy = self._virtual
+            lp_y = -ce_pix if t == 1.0 else log_ps.gather(1, y0).squeeze(1)
+            kl = neg_entropy - (a - b) * lp_y - (b * log_ps.sum(1) if b > 0 else 0.0)
+        else:
+            log_pt = teacher_log_probs(teacher_logits, tuple(z.shape[-2:]), t)
+            kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="none").sum(1)
+        d = self._difficulty(kl, z, log_ps, log_pt, target)
+        if isinstance(self.schedule, Threshold):
+            keep = valid & (d <= self.schedule.tau)
+        else:
+            keep = select_keep(d, valid, self._rate, self.scope)
+        kd = _masked_mean(kl, keep)
+        ce = _masked_mean(ce_pix, valid if self.ce_on_dropped else keep)
+        loss = ce + (self.kd_weight * t * t) * kd
+        return LossOutput(loss, self._stats(z, target, valid, keep, d, ce, kd))
+
+    def _difficulty(
+        self, kl: Tensor, z: Tensor, log_ps: Tensor, log_pt: Tensor | None, target: Tensor
+    ) -> Tensor:
+        if self.difficulty == "kl":
+            return kl.detach().clamp_min(0.0)
+        if self.difficulty == "target_gap" and log_pt is None:
+            a = self._virtual[0]
+            valid = target != self.ignore_index
+            p_y = log_ps.detach().gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1).exp()
+            return torch.where(valid, (a - p_y).clamp_min(0.0), torch.zeros_like(p_y))
+        pt = (
+            log_pt.exp()
+            if log_pt is not None
+            else virtual_teacher(
+                torch.where(target == self.ignore_index, 0, target), self.num_classes, self.confidence
+            )
+        )
+        d = pixel_difficulty(z, pt, target, self.difficulty, self.temperature, self.ignore_index)
+        return d
+
+    def _stats(
+        self, z: Tensor, target: Tensor, valid: Tensor, keep: Tensor, d: Tensor, ce: Tensor, kd: Tensor
+    ) -> dict[str, Tensor]:
+        with torch.no_grad():
+            dropped = valid & ~keep
+            n_valid = valid.sum()
+            n_keep = keep.sum()
+            correct = (z.argmax(1) == target) & valid
+            y0 = torch.where(valid, target, 0).flatten()
+            per_class = torch.zeros_like(self._counts)
+            per_class[0].scatter_add_(0, y0, correct.flatten().long())
+            per_class[1].scatter_add_(0, y0, valid.flatten().long())
+            if self.training:
+                self._counts += per_class
+                self._kept += torch.stack([n_keep, n_valid])
+            present = per_class[1] > 0
+            class_acc = per_class[0].double() / per_class[1].clamp_min(1).double()
+            kept_fraction = n_keep.double() / n_valid.clamp_min(1).double()
+            is_threshold = isinstance(self.schedule, Threshold)
+            return {
+                "rate": (1.0 - kept_fraction) if is_threshold else self._rate.clone(),
+                "kept_fraction": kept_fraction,
+                "difficulty_kept": (d * keep).sum() / n_keep,
+                "difficulty_dropped": (d * dropped).sum() / dropped.sum(),
+                "capability": self._capability.clone(),
+                "pixel_acc": correct.sum().double() / n_valid.clamp_min(1).double(),
+                "mean_class_acc": (class_acc * present).sum() / present.sum().clamp_min(1),
+                "ce": ce.detach(),
+                "kd": kd.detach(),
+            }
