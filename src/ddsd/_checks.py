@@ -40,6 +40,9 @@ def check_target(
             f"target shape {tuple(target.shape)} does not match the logits' batch/spatial dims "
             f"{(batch, height, width)} (expected [B, H, W])"
         )
+    lo, hi = torch.aminmax(target)
+    if int(lo) >= 0 and (int(hi) < num_classes or (int(hi) == ignore_index and num_classes > ignore_index)):
+        return target.long()
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
     if bool(bad.any()):
         value = int(target[bad][0])

@@ -51,9 +51,10 @@ class LossOutput(NamedTuple):
         return {k: float(v) for k, v in self.tensors.items()}
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` over ``mask`` (0 when the mask is empty)."""
-    return (values * mask).sum() / mask.sum().clamp_min(1)
+def _masked_mean(values: Tensor, mask: Tensor, count: Tensor | None = None) -> Tensor:
+    """Mean of ``values`` over ``mask`` (0 when the mask is empty); ``count`` = ``mask.sum()`` if known."""
+    n = mask.sum() if count is None else count
+    return torch.where(mask, values, 0.0).sum() / n.clamp_min(1)
 
 
 class DDSDLoss(nn.Module):
@@ -192,11 +193,7 @@ class DDSDLoss(nn.Module):
                 raise ValueError(f"teacher_logits batch {teacher_logits.shape[0]} != student batch {bsz}")
         if not self.check_inputs:
             return target.long()
-        target = check_target(target, bsz, h, w, k, self.ignore_index)
-        check_finite("student_logits", student_logits)
-        if teacher_logits is not None:
-            check_finite("teacher_logits", teacher_logits)
-        return target
+        return check_target(target, bsz, h, w, k, self.ignore_index)
 
     def forward(
         self, student_logits: Tensor, target: Tensor, teacher_logits: Tensor | None = None
@@ -211,7 +208,13 @@ class DDSDLoss(nn.Module):
         """
         target = self._check(student_logits, target, teacher_logits)
         with torch.autocast(device_type=student_logits.device.type, enabled=False):
-            return self._forward(student_logits.float(), target, teacher_logits)
+            out = self._forward(student_logits.float(), target, teacher_logits)
+        if self.check_inputs and not bool(torch.isfinite(out.loss)):  # one scalar sync; details on failure
+            check_finite("student_logits", student_logits)
+            if teacher_logits is not None:
+                check_finite("teacher_logits", teacher_logits)
+            raise ValueError(f"the loss is not finite ({out.loss.item()}) although the logits are")
+        return out
 
     def _forward(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None) -> LossOutput:
         t = self.temperature
@@ -233,10 +236,13 @@ class DDSDLoss(nn.Module):
             keep = valid & (d <= self.schedule.tau)
         else:
             keep = select_keep(d, valid, self._rate, self.scope)
-        kd = _masked_mean(kl, keep)
-        ce = _masked_mean(ce_pix, valid if self.ce_on_dropped else keep)
+        n_valid, n_keep = valid.sum(), keep.sum()
+        kd = _masked_mean(kl, keep, n_keep)
+        ce = _masked_mean(ce_pix, valid, n_valid) if self.ce_on_dropped else _masked_mean(ce_pix, keep, n_keep)
         loss = ce + (self.kd_weight * t * t) * kd
-        return LossOutput(loss, self._stats(z, target, valid, keep, d, ce, kd))
+        # a pixel is correct when its target class has the largest logit (amax is much cheaper than argmax)
+        correct = valid & (-ce_pix.detach() >= log_p1.detach().amax(1))
+        return LossOutput(loss, self._stats(y0.squeeze(1), correct, valid, keep, n_valid, n_keep, d, ce, kd))
 
     def _difficulty(
         self, kl: Tensor, z: Tensor, log_ps: Tensor, log_pt: Tensor | None, target: Tensor
@@ -259,17 +265,24 @@ class DDSDLoss(nn.Module):
         return d
 
     def _stats(
-        self, z: Tensor, target: Tensor, valid: Tensor, keep: Tensor, d: Tensor, ce: Tensor, kd: Tensor
+        self,
+        y0: Tensor,
+        correct: Tensor,
+        valid: Tensor,
+        keep: Tensor,
+        n_valid: Tensor,
+        n_keep: Tensor,
+        d: Tensor,
+        ce: Tensor,
+        kd: Tensor,
     ) -> dict[str, Tensor]:
         with torch.no_grad():
             dropped = valid & ~keep
-            n_valid = valid.sum()
-            n_keep = keep.sum()
-            correct = (z.argmax(1) == target) & valid
-            y0 = torch.where(valid, target, 0).flatten()
-            per_class = torch.zeros_like(self._counts)
-            per_class[0].scatter_add_(0, y0, correct.flatten().long())
-            per_class[1].scatter_add_(0, y0, valid.flatten().long())
+            n_dropped = n_valid - n_keep
+            # per-class [correct, total] counts: one bincount over (class, outcome) codes 0..3K-1
+            codes = torch.where(valid, 2 * y0 + correct, 2 * self.num_classes).flatten()
+            hist = torch.bincount(codes, minlength=2 * self.num_classes + 1)[:-1].view(self.num_classes, 2)
+            per_class = torch.stack([hist[:, 1], hist.sum(1)])
             if self.training:
                 self._counts += per_class
                 self._kept += torch.stack([n_keep, n_valid])
@@ -280,10 +293,10 @@ class DDSDLoss(nn.Module):
             return {
                 "rate": (1.0 - kept_fraction) if is_threshold else self._rate.clone(),
                 "kept_fraction": kept_fraction,
-                "difficulty_kept": (d * keep).sum() / n_keep,
-                "difficulty_dropped": (d * dropped).sum() / dropped.sum(),
+                "difficulty_kept": torch.where(keep, d, 0.0).sum() / n_keep,
+                "difficulty_dropped": torch.where(dropped, d, 0.0).sum() / n_dropped,
                 "capability": self._capability.clone(),
-                "pixel_acc": correct.sum().double() / n_valid.clamp_min(1).double(),
+                "pixel_acc": per_class[0].sum().double() / n_valid.clamp_min(1).double(),
                 "mean_class_acc": (class_acc * present).sum() / present.sum().clamp_min(1),
                 "ce": ce.detach(),
                 "kd": kd.detach(),

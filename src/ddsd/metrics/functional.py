@@ -1,0 +1,156 @@
+"""Stateless metric kernels in torch: confusion matrix, IoU from it, boundary bands.
+
+Conventions (shared by :mod:`ddsd.metrics.binary` and :mod:`ddsd.metrics.multiclass`):
+
+* Confusion matrix ``cm`` is ``int64 [K, K]`` with **rows = target, columns = prediction**:
+  ``cm[t, p] = #{valid pixels with target t and prediction p}``; a pixel is valid when
+  ``target != ignore_index``.
+* Per-class IoU ``IoU_c = cm[c, c] / (sum_p cm[c, p] + sum_t cm[t, c] - cm[c, c])``
+  = ``TP / (TP + FP + FN)``; ``NaN`` when the denominator is 0 (class absent from both target and
+  prediction), so ``nanmean`` leaves such classes out of the mean instead of counting them as 0.
+* Boundary band of width ``w`` (Cheng et al., "Boundary IoU", CVPR 2021, with a fixed pixel width instead
+  of a fraction of the diagonal): the pixels of a region whose Chebyshev (chessboard) distance to the
+  nearest pixel outside the region is ``<= w``, i.e. ``band = mask & ~erode(mask, square(2w+1))``. The
+  erosion pads the image with background, so the image border counts as a contour, as in the reference
+  implementation (``cv2.copyMakeBorder(..., value=0)`` followed by ``cv2.erode``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "boundary_band",
+    "confusion_matrix",
+    "iou_from_confmat",
+    "label_boundary",
+    "nanmean",
+]
+
+
+def _check_width(width: int) -> int:
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"boundary width must be an integer >= 1 (pixels), got {width!r}")
+    return width
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+    """Confusion matrix ``int64 [K, K]`` (rows = target, columns = prediction) over the valid pixels.
+
+    Args:
+        pred: integer class ids, any shape (typically ``[B, H, W]``), values in ``0..K-1``.
+        target: integer class ids, same shape, values in ``0..K-1`` or ``ignore_index``.
+        num_classes: ``K``.
+        ignore_index: target value whose pixels are left out (predictions there are not counted).
+
+    Returns:
+        ``cm`` with ``cm[t, p] = #{pixels: target == t, pred == p, target != ignore_index}``, computed as
+        ``bincount(target * K + pred, minlength=K*K).view(K, K)`` on the valid pixels, on ``pred``'s device.
+
+    Raises:
+        ValueError: on shape mismatch or class ids outside ``0..K-1`` (other than ``ignore_index``).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+    if pred.is_floating_point() or target.is_floating_point():
+        raise TypeError("pred and target must be integer class ids (use argmax on logits first)")
+    pred = pred.reshape(-1).long()
+    target = target.reshape(-1).long().to(pred.device)
+    valid = target != ignore_index
+    t = target[valid]
+    p = pred[valid]
+    if t.numel():
+        if bool(((t < 0) | (t >= num_classes)).any()):
+            bad = int(t[(t < 0) | (t >= num_classes)][0])
+            raise ValueError(
+                f"target holds value {bad}, neither a class id in 0..{num_classes - 1} "
+                f"nor ignore_index={ignore_index}"
+            )
+        if bool(((p < 0) | (p >= num_classes)).any()):
+            bad = int(p[(p < 0) | (p >= num_classes)][0])
+            raise ValueError(f"pred holds value {bad}, not a class id in 0..{num_classes - 1}")
+    cm = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)
+    return cm.view(num_classes, num_classes).long()
+
+
+def iou_from_confmat(cm: Tensor) -> Tensor:
+    """Per-class IoU ``[K]`` float64 from a confusion matrix (rows = target).
+
+    ``IoU_c = cm[c,c] / (row_c + col_c - cm[c,c])``; ``NaN`` where the denominator is 0 (the class appears
+    neither in the target nor in the prediction).
+    """
+    cm = cm.double()
+    tp = torch.diagonal(cm)
+    denom = cm.sum(0) + cm.sum(1) - tp
+    iou = tp / denom
+    return torch.where(denom > 0, iou, torch.full_like(iou, float("nan")))
+
+
+def nanmean(values: Tensor) -> float:
+    """Mean over the non-NaN entries as a Python float; ``NaN`` (no warning) when every entry is NaN."""
+    values = values.double()
+    keep = ~torch.isnan(values)
+    if not bool(keep.any()):
+        return float("nan")
+    return float(values[keep].mean())
+
+
+def _local_max(x: Tensor, width: int, pad_value: float) -> Tensor:
+    """Max over the ``(2w+1) x (2w+1)`` window of each pixel of ``x [B, H, W]``, outside = ``pad_value``."""
+    x = F.pad(x.unsqueeze(1), (width, width, width, width), mode="constant", value=pad_value)
+    return F.max_pool2d(x, kernel_size=2 * width + 1, stride=1).squeeze(1)
+
+
+def boundary_band(mask: Tensor, width: int = 3) -> Tensor:
+    """Inner boundary band of width ``w`` of each binary mask.
+
+    Args:
+        mask: bool (or 0/1) ``[B, H, W]`` or ``[H, W]``.
+        width: ``w >= 1`` pixels.
+
+    Returns:
+        bool, same shape: ``mask & ~erode(mask)`` where ``erode`` is the minimum over the
+        ``(2w+1) x (2w+1)`` square window (``-max_pool2d(-mask)``) with the outside of the image counted as
+        background. So a pixel is in the band iff it is in the mask and some pixel within Chebyshev distance
+        ``w`` (or the image border within that distance) is not.
+    """
+    width = _check_width(width)
+    squeeze = mask.dim() == 2
+    if squeeze:
+        mask = mask.unsqueeze(0)
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be [B, H, W] or [H, W], got shape {tuple(mask.shape)}")
+    m = mask.bool()
+    # erosion = 1 - dilation of the complement; the complement is 1 outside the image (padding value 1).
+    eroded = _local_max((~m).float(), width, pad_value=1.0) < 0.5
+    band = m & ~eroded
+    return band.squeeze(0) if squeeze else band
+
+
+def label_boundary(labels: Tensor, width: int = 3) -> Tensor:
+    """Boundary band of every region of a label map at once.
+
+    Args:
+        labels: integer ``[B, H, W]`` (class ids; any value, e.g. ``ignore_index``, is its own region).
+        width: ``w >= 1`` pixels.
+
+    Returns:
+        bool ``[B, H, W]``: True where some pixel within Chebyshev distance ``w`` has a different label or
+        lies outside the image. For every class ``c``:
+        ``label_boundary(labels) & (labels == c) == boundary_band(labels == c)``, so one pair of max-pools
+        gives the bands of all classes (no per-class one-hot).
+    """
+    width = _check_width(width)
+    if labels.dim() != 3:
+        raise ValueError(f"labels must be [B, H, W], got shape {tuple(labels.shape)}")
+    # float64 keeps every int32-range label exact; the sentinel -1 below every label marks the border.
+    x = labels.double()
+    lo = x.min() if x.numel() else x.new_tensor(0.0)
+    x = x - lo  # labels >= 0, sentinel -1 is strictly smaller than every label
+    local_max = _local_max(x, width, pad_value=-1.0)  # outside (-1) never wins the max: neutral
+    local_min = -_local_max(-x, width, pad_value=1.0)  # outside = -1 wins the min: the border is a contour
+    return (local_max != x) | (local_min != x)
