@@ -27,7 +27,14 @@ def test_readme_setup_commands_are_the_ci_ones():
     assert block[1] in ci, "the README's test command must be the one .ci/run executes"
 
 
-def test_cli_demo_runs():
-    r = subprocess.run([sys.executable, "-m", "ddsd", "demo", "--steps", "3"], capture_output=True, text=True)
+def test_readme_main_job_runs(tmp_path):
+    text = README.read_text()
+    first = re.search(r"## Set up and run\n\n```bash\n(.*?)\n", text, re.S).group(1)
+    args = first.split("&& ddsd ", 1)[1].split()
+    assert args[0] == "train"
+    out = tmp_path / "quickstart"
+    args[args.index("--out") + 1] = str(out)
+    fast = ["--epochs", "1", "--size", "32x32", "--no-progress", "--threads", "1"]
+    r = subprocess.run([sys.executable, "-m", "ddsd", *args, *fast], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("rate") == 3
+    assert (out / "summary.json").is_file() and "fbeta_max" in r.stdout

@@ -1,8 +1,24 @@
-"""The ``ddsd`` command line: each verb is a thin wrapper over the Python API."""
+"""The ``ddsd`` command line: each verb is a thin wrapper over the Python API.
+
+``ddsd train`` (one run), ``ddsd eval`` (score a checkpoint), ``ddsd models`` (sizes and speed),
+``ddsd data check`` (validate a dataset), ``ddsd export`` (ONNX / TorchScript).
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from ddsd.config import METHODS, ConfigError, RunConfig, apply_overrides, load_config
+from ddsd.data.cli import app as data_app
+from ddsd.models.cli import models_command, parse_size
 
 app = typer.Typer(
     name="ddsd",
@@ -11,47 +27,134 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(data_app, name="data")
+app.command("models", help="Parameters, multiply-accumulates and CPU latency of each model.")(models_command)
+console = Console(stderr=True)
 
 
-@app.callback()
-def _root() -> None:
-    """Dynamic dropout self-distillation for small segmentation students."""
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
 
 
 @app.command()
-def demo(steps: int = typer.Option(20, min=1, help="optimiser steps"), seed: int = 0) -> None:
-    """Train a tiny conv net for a few steps with DDSDLoss on random blobs and print the per-step stats."""
-    import torch
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config (see configs/)")] = None,
+    method: Annotated[str | None, typer.Option(help=f"one of {', '.join(METHODS)}")] = None,
+    data: Annotated[str | None, typer.Option(help="procedural | procedural_binary | sod | crackforest | "
+                                             "isbi2012_membrane | camvid | a dataset YAML | a root folder")] = None,
+    model: Annotated[str | None, typer.Option(help="simple | unet_small | unet_teacher")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    out: Annotated[str | None, typer.Option(help="run directory (default runs/<method>-<data>-s<seed>)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="delete an existing run in --out first")] = False,
+    teacher: Annotated[str | None, typer.Option(help="checkpoint of a network teacher trained by ddsd")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | mps")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    size: Annotated[str | None, typer.Option(help="training/eval resolution HxW")] = None,
+    amp: Annotated[str | None, typer.Option(help="none | bf16 | fp16")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the student")] = None,
+    channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="data-loader worker processes")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override any key: section.key=value")] = None,
+) -> None:
+    """Train one student (every method through the same engine)."""
+    from ddsd.data.errors import DataError
+    from ddsd.engine import CheckpointError, RunExistsError
+    from ddsd.engine import train as run_train
 
-    from ddsd import DDSDLoss
+    try:
+        base = load_config(config) if config else RunConfig()
+        flags = {
+            "method.name": method, "data.name": data, "model.name": model, "train.epochs": epochs,
+            "train.seed": seed, "teacher": teacher, "train.device": device, "data.batch_size": batch_size,
+            "optim.lr": lr, "train.amp": amp, "train.compile": compile, "train.channels_last": channels_last,
+            "data.num_workers": workers, "train.threads": threads,
+        }
+        overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+        if size is not None:
+            h, w = parse_size(size)
+            overrides.append(f"data.size=[{h}, {w}]")
+        overrides.append(f"train.progress={json.dumps(progress)}")
+        cfg = apply_overrides(base, overrides + list(set_ or []))
+        if out is None and "out" not in base.model_fields_set:
+            out = f"runs/{cfg.method.name}-{Path(cfg.data.name).stem}-s{cfg.train.seed}"
+        if out is not None:
+            cfg = apply_overrides(cfg, [f"out={json.dumps(out)}"])
+        if overwrite and Path(cfg.out).exists():
+            shutil.rmtree(cfg.out)
+        summary = run_train(cfg, resume=resume, console=console)
+    except (ConfigError, DataError, RunExistsError, CheckpointError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    _print_summary(summary, cfg.out)
 
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 3, padding=1)
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    crit = DDSDLoss(num_classes=2)
-    for step in range(steps):
-        masks = (torch.rand(4, 1, 8, 8) > 0.7).float()
-        masks = torch.nn.functional.interpolate(masks, size=(32, 32), mode="nearest")[:, 0].long()
-        images = masks.unsqueeze(1).float().expand(-1, 3, -1, -1) + 0.8 * torch.randn(4, 3, 32, 32)
-        out = crit(model(images), masks)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        crit.step()
-        s = out.stats
-        typer.echo(
-            f"step {step:3d}  loss {out.loss.item():.4f}  rate {s['rate']:.3f}  "
-            f"kept {s['kept_fraction']:.3f}  "
-            f"class-acc {s['mean_class_acc']:.3f}"
-        )
+
+def _print_summary(summary: dict, out: str) -> None:
+    t = Table(title=f"{summary['method']} on {summary['dataset']} (best epoch {summary['best_epoch'] + 1})")
+    t.add_column("split")
+    keys = [k for k in ("fbeta_max", "mae", "s_measure", "iou", "miou", "pixel_acc", "boundary_iou")
+            if isinstance(summary.get("best_val", {}).get(k), int | float)]
+    for k in keys:
+        t.add_column(k, justify="right")
+    for split in ["best_val", *[s for s in ("test",) if isinstance(summary.get(s), dict)]]:
+        t.add_row(split.replace("best_", ""), *[f"{summary[split][k]:.4f}" for k in keys])
+    Console().print(t)
+    Console().print(f"run directory: {out}  (wall time {summary['wall_time_s']:.1f}s)")
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Option(help="a checkpoint written by ddsd train")],
+    data: Annotated[str | None, typer.Option(help="dataset (default: the one it was trained on)")] = None,
+    split: Annotated[str, typer.Option(help="split to score")] = "test",
+    size: Annotated[str | None, typer.Option(help="input resolution HxW (default: the training one)")] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics to this JSON file")] = None,
+) -> None:
+    """Score a checkpoint on a split with the field's metrics."""
+    from ddsd.data import build_dataset, load_spec
+    from ddsd.data.errors import DataError
+    from ddsd.engine import CheckpointError, evaluate, load_checkpoint
+    from ddsd.engine.rundir import write_json
+    from ddsd.models import create_model
+
+    try:
+        state = load_checkpoint(checkpoint)
+        cfg = state.get("config") or {}
+        try:
+            name, k = cfg["model"]["name"], cfg["model"]["num_classes"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{checkpoint} has no config.model.name / num_classes") from None
+        spec = load_spec(data or cfg["data"]["name"])
+        if spec.num_classes != k:
+            raise ValueError(f"{checkpoint} predicts {k} classes but dataset '{spec.name}' has {spec.num_classes}")
+        hw = parse_size(size) if size else (tuple(cfg["data"]["size"]) if cfg["data"].get("size") else None)
+        ds = build_dataset(spec, split, hw, augment=False, cache_dir=cfg["data"].get("cache_dir"))
+        model = create_model(name, k)
+        model.load_state_dict(state["model"])
+        metrics = evaluate(model.to(device), ds, device, batch_size)
+    except (DataError, CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
+        raise _fail(str(e)) from None
+    t = Table(title=f"{checkpoint} on {spec.name}/{split} ({metrics['num_images']} images)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for key, v in metrics.items():
+        if isinstance(v, float):
+            t.add_row(key, f"{v:.4f}")
+    Console().print(t)
+    if json_out:
+        write_json(json_out, {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, **metrics})
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    app(prog_name="ddsd")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

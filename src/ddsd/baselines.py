@@ -1,0 +1,154 @@
+"""The compared methods that are not CE + (dropped) KD, as plain PyTorch criteria.
+
+Each has the :class:`~ddsd.loss.DDSDLoss` calling convention, so one training engine runs every method:
+``out = crit(student_logits [B,K,H,W], target [B,H,W], teacher_logits=None)`` returns a
+:class:`~ddsd.loss.LossOutput` and ``crit.step()`` is called after every optimiser step.
+
+* :class:`LabelSmoothingLoss` (``ls``): ``(1 - eps) CE + eps * mean_k(-log p_s(k))`` over valid pixels.
+* :class:`OHEMLoss` (``ohem``): CE on the hard pixels only (target probability ``< thresh``, and at least
+  the ``min_kept`` hardest fraction of each image's valid pixels): the opposite curriculum to ddsd.
+* :class:`CWDLoss` (``cwd``, Shu et al., ICCV 2021): CE + ``w tau^2 / K * sum_k KL(phi(z_t,k) || phi(z_s,k))``
+  with ``phi`` the spatial softmax of one class channel over the image's valid pixels at temperature ``tau``;
+  the teacher's logits are a network's, or ``log p_t`` of the virtual teacher.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddsd._checks import check_finite, check_logits, check_target
+from ddsd.dropout import select_keep
+from ddsd.loss import LossOutput, _masked_mean
+from ddsd.teacher import virtual_teacher
+
+__all__ = ["CWDLoss", "LabelSmoothingLoss", "OHEMLoss"]
+
+
+class _PlainCriterion(nn.Module):
+    """Shared input checks, float32 computation and the stats every criterion reports."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        super().__init__()
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+
+    @property
+    def rate(self) -> float:
+        return 0.0
+
+    def step(self) -> None:
+        """No schedule: nothing to advance (kept for the common criterion interface)."""
+
+    def forward(self, student_logits: Tensor, target: Tensor, teacher_logits: Tensor | None = None) -> LossOutput:
+        check_logits("student_logits", student_logits)
+        b, k, h, w = student_logits.shape
+        if k != self.num_classes:
+            raise ValueError(f"student_logits has {k} classes, the criterion was built with {self.num_classes}")
+        target = check_target(target, b, h, w, k, self.ignore_index)
+        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+            z = student_logits.float()
+            valid = target != self.ignore_index
+            y0 = torch.where(valid, target, 0)
+            log_p = F.log_softmax(z, dim=1)
+            ce_pix = -log_p.gather(1, y0.unsqueeze(1)).squeeze(1)
+            loss, extra = self._loss(z, log_p, ce_pix, y0, valid, teacher_logits)
+        if not bool(torch.isfinite(loss)):
+            check_finite("student_logits", student_logits)
+            raise ValueError(f"the loss is not finite ({loss.item()})")
+        with torch.no_grad():
+            n_valid = valid.sum().clamp_min(1).double()
+            correct = valid & (-ce_pix >= log_p.amax(1))
+            counts = torch.bincount(torch.where(valid, y0, k).flatten(), minlength=k + 1)[:k]
+            hits = torch.bincount(torch.where(correct, y0, k).flatten(), minlength=k + 1)[:k]
+            present = counts > 0
+            stats = {
+                "rate": torch.zeros((), dtype=torch.float64),
+                "kept_fraction": torch.ones((), dtype=torch.float64),
+                "capability": torch.full((), float("nan")),
+                "pixel_acc": correct.sum().double() / n_valid,
+                "mean_class_acc": ((hits.double() / counts.clamp_min(1)) * present).sum() / present.sum().clamp_min(1),
+                **extra,
+            }
+        return LossOutput(loss, stats)
+
+    def _loss(self, z, log_p, ce_pix, y0, valid, teacher_logits):  # pragma: no cover - overridden
+        raise TypeError(f"{type(self).__name__} must define _loss")
+
+
+class LabelSmoothingLoss(_PlainCriterion):
+    """Label-smoothing CE: ``(1 - eps) CE + eps * mean_k(-log p_s(k))`` (``F.cross_entropy(label_smoothing)``)."""
+
+    def __init__(self, num_classes: int, epsilon: float = 0.1, ignore_index: int = 255) -> None:
+        super().__init__(num_classes, ignore_index)
+        if not 0.0 <= epsilon < 1.0:
+            raise ValueError(f"label-smoothing epsilon must be in [0, 1), got {epsilon!r}")
+        self.epsilon = float(epsilon)
+
+    def _loss(self, z, log_p, ce_pix, y0, valid, teacher_logits):
+        smooth = -log_p.mean(1)
+        loss = _masked_mean((1.0 - self.epsilon) * ce_pix + self.epsilon * smooth, valid)
+        return loss, {"ce": _masked_mean(ce_pix, valid).detach(), "kd": torch.zeros(())}
+
+
+class OHEMLoss(_PlainCriterion):
+    """Online hard-pixel mining on CE: average CE over the valid pixels whose target probability is below
+    ``thresh``, or over the ``min_kept`` hardest fraction of each image's valid pixels when that is more."""
+
+    def __init__(self, num_classes: int, thresh: float = 0.7, min_kept: float = 0.1, ignore_index: int = 255) -> None:
+        super().__init__(num_classes, ignore_index)
+        if not 0.0 < thresh <= 1.0:
+            raise ValueError(f"OHEM thresh must be in (0, 1], got {thresh!r}")
+        if not 0.0 < min_kept <= 1.0:
+            raise ValueError(f"OHEM min_kept must be a fraction in (0, 1], got {min_kept!r}")
+        self.thresh = float(thresh)
+        self.min_kept = float(min_kept)
+
+    def _loss(self, z, log_p, ce_pix, y0, valid, teacher_logits):
+        d = ce_pix.detach()
+        hardest = select_keep(-d, valid, 1.0 - self.min_kept, "per_image")  # keeps the largest CE
+        keep = valid & ((d > -torch.log(torch.tensor(self.thresh))) | hardest)
+        loss = _masked_mean(ce_pix, keep)
+        n_valid = valid.sum().clamp_min(1).double()
+        return loss, {"ce": loss.detach(), "kd": torch.zeros(()), "ohem_kept_fraction": keep.sum().double() / n_valid}
+
+
+class CWDLoss(_PlainCriterion):
+    """Channel-wise distillation (Shu et al., ICCV 2021) on logits, plus CE.
+
+    ``phi(z)_{k,i} = exp(z_{k,i} / tau) / sum_{j in V} exp(z_{k,j} / tau)`` over the valid pixels of each image;
+    ``L = CE + weight * tau^2 / K * sum_k KL(phi(z_t)_k || phi(z_s)_k)``, averaged over the batch.
+    Without teacher logits the virtual teacher's ``log p_t`` (confidence ``a``) serves as teacher logits.
+    """
+
+    def __init__(
+        self, num_classes: int, tau: float = 4.0, weight: float = 3.0, confidence: float = 0.9, ignore_index: int = 255
+    ) -> None:
+        super().__init__(num_classes, ignore_index)
+        if not tau > 0 or not weight >= 0:
+            raise ValueError(f"CWD needs tau > 0 and weight >= 0, got tau={tau!r}, weight={weight!r}")
+        self.tau = float(tau)
+        self.weight = float(weight)
+        self.confidence = float(confidence)
+
+    def _loss(self, z, log_p, ce_pix, y0, valid, teacher_logits):
+        b, k, h, w = z.shape
+        if teacher_logits is None:
+            zt = virtual_teacher(y0, k, self.confidence).log()
+        else:
+            check_logits("teacher_logits", teacher_logits)
+            zt = teacher_logits.detach().float()
+            if zt.shape[-2:] != z.shape[-2:]:
+                zt = F.interpolate(zt, size=(h, w), mode="bilinear", align_corners=False)
+        mask = valid.unsqueeze(1).reshape(b, 1, h * w)
+        neg = torch.finfo(torch.float32).min
+        ls = F.log_softmax(torch.where(mask, z.reshape(b, k, -1) / self.tau, neg), dim=2)
+        lt = F.log_softmax(torch.where(mask, zt.reshape(b, k, -1) / self.tau, neg), dim=2)
+        kl = torch.where(mask, lt.exp() * (lt - ls), 0.0).sum(2)  # [B, K]
+        has_valid = valid.flatten(1).any(1, keepdim=True)
+        cwd = (self.tau**2 / k) * torch.where(has_valid, kl, 0.0).sum(1).mean()
+        ce = _masked_mean(ce_pix, valid)
+        return ce + self.weight * cwd, {"ce": ce.detach(), "kd": cwd.detach()}

@@ -1,0 +1,171 @@
+"""The schema of a training run (pydantic), YAML load/save, and ``key=value`` overrides.
+
+Unknown keys are errors that name the key and the file; every field has a documented default so that
+``RunConfig()`` is the main job: the ``ddsd`` method on the built-in procedural data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = ["METHODS", "ConfigError", "RunConfig", "apply_overrides", "load_config", "save_config"]
+
+METHODS = ("ce", "kd", "ls", "tfkd", "static", "ohem", "cwd", "ddsd")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key, the value and the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    name: str = Field("procedural_binary", description="built-in name, shipped config name, YAML path or root")
+    size: tuple[int, int] | None = Field(None, description="training/eval resolution (H, W); None = dataset default")
+    batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(0, ge=0)
+    augment: bool = True
+    cache_dir: str | None = None
+    eval_splits: list[str] = Field(default_factory=lambda: ["test"], description="evaluated with best.pt at the end")
+
+
+class ModelConfig(_Strict):
+    name: str = "simple"
+    num_classes: int | None = Field(None, description="filled from the dataset when None")
+
+
+class MethodConfig(_Strict):
+    """One method's settings; every method reads only the keys it needs (see ddsd.methods)."""
+
+    name: Literal["ce", "kd", "ls", "tfkd", "static", "ohem", "cwd", "ddsd"] = "ddsd"
+    confidence: float = Field(0.9, description="virtual-teacher confidence a (kd, static, ddsd, cwd)")
+    temperature: float = Field(1.0, gt=0)
+    kd_weight: float = Field(1.0, ge=0)
+    difficulty: Literal["kl", "target_gap", "l1"] = "kl"
+    scope: Literal["per_image", "per_batch"] = "per_image"
+    ce_on_dropped: bool = True
+    schedule: Literal["capability", "constant", "linear", "cosine", "exponential", "threshold"] = "capability"
+    rate: float = Field(0.2, ge=0, lt=1, description="static rate; start rate of linear/cosine/exponential")
+    end_rate: float = Field(0.0, ge=0, lt=1, description="end rate of linear/cosine/exponential")
+    tau: float = Field(0.5, ge=0, description="threshold schedule")
+    beta: float = Field(1.0, ge=0)
+    r_min: float = Field(0.0, ge=0, lt=1)
+    r_max: float = Field(0.5, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    capability_metric: Literal["mean_class_acc", "pixel_acc"] = "mean_class_acc"
+    ls_epsilon: float = Field(0.1, ge=0, lt=1)
+    tfkd_confidence: float = 0.9
+    tfkd_temperature: float = Field(4.0, gt=0)
+    tfkd_weight: float = Field(0.25, ge=0)
+    ohem_thresh: float = Field(0.7, gt=0, le=1)
+    ohem_min_kept: float = Field(0.1, gt=0, le=1)
+    cwd_tau: float = Field(4.0, gt=0)
+    cwd_weight: float = Field(3.0, ge=0)
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_schedule: Literal["poly", "cosine", "constant"] = "poly"
+    poly_power: float = 0.9
+    warmup_epochs: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(5.0, description="max global grad norm; None disables")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    seed: int = 0
+    device: str = "cpu"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    compile: bool = False
+    channels_last: bool = False
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default)")
+    tensorboard: bool = False
+    progress: bool = True
+    snapshots: int = Field(0, ge=0, description="val images whose difficulty / dropped maps are saved per epoch")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not (v in ("cpu", "cuda", "mps") or v.startswith("cuda:")):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {v!r}")
+        return v
+
+
+class RunConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    teacher: str | None = Field(None, description="checkpoint of a network teacher trained by ddsd")
+    out: str = "runs/ddsd"
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{key}'")
+        else:
+            lines.append(f"  {key} = {value!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def validate(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    """Build a :class:`RunConfig` from a nested dict; errors name the key, value and ``source``."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML run config."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}")
+    return validate(data, str(p))
+
+
+def save_config(cfg: RunConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write the resolved config (plus ``extra`` run metadata under ``run:``) as YAML."""
+    data = cfg.model_dump(mode="json")
+    if extra:
+        data["run"] = extra
+    from ddsd.engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` overrides (value parsed as YAML), e.g. ``method.r_max=0.3``."""
+    data = cfg.model_dump(mode="json")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"override {item!r}: unknown section '{p}'")
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(raw)
+    return validate(data, "overrides " + " ".join(overrides))

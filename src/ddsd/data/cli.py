@@ -1,0 +1,114 @@
+"""``ddsd data ...``: dataset commands (mounted by the main CLI as the ``data`` group).
+
+``ddsd data check <config-or-root>`` validates a dataset and prints a summary; exit status 1 when anything
+is wrong. ``ddsd data list`` shows the built-in and shipped dataset names.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ddsd.data.check import CheckReport, check_dataset
+from ddsd.data.errors import MAX_SHOWN, DataError
+from ddsd.data.spec import PROCEDURAL_NAMES, load_spec, shipped_names
+
+app = typer.Typer(help="Datasets: validate and summarise (layouts, mask encodings, class shares).",
+                  no_args_is_help=True)
+
+
+@app.callback()
+def _data() -> None:
+    """Datasets: validate and summarise them."""
+
+
+def _print_report(console: Console, report: CheckReport) -> None:
+    s = report.summary
+    where = f" at {s['root']}" if s.get("root") else ""
+    console.print(f"[bold]{s['name']}[/bold]{where}")
+    void = f", void value {s['void_value']}" if s.get("void_value") is not None else ""
+    pos = f", positive class {s['positive_class']}" if len(s["class_names"]) == 2 else ""
+    console.print(f"layout [cyan]{s['layout']}[/cyan], encoding [cyan]{s['encoding']}[/cyan], "
+                  f"{len(s['class_names'])} classes{void}{pos}")
+    if s.get("source"):
+        console.print(f"[dim]description: {s['source']}[/dim]")
+    if s.get("description"):
+        console.print(f"[dim]{s['description']}[/dim]")
+    splits = s["splits"]
+    if splits:
+        t = Table(title="splits")
+        t.add_column("split")
+        t.add_column("images", justify="right")
+        t.add_column("sizes (WxH: n)")
+        t.add_column("void share", justify="right")
+        if s["encoding"] == "binary":
+            t.add_column("masks with in-between values", justify="right")
+        for name, v in splits.items():
+            sizes = ", ".join(f"{k}: {n}" for k, n in list(v["sizes"].items())[:4])
+            if len(v["sizes"]) > 4:
+                sizes += f" (+{len(v['sizes']) - 4} more sizes)"
+            row = [name, str(v["count"]), sizes, f"{v['void_share']:.2%}"]
+            if s["encoding"] == "binary":
+                row.append(f"{v['inbetween_files']} ({v['inbetween_pixels']} px)")
+            t.add_row(*row)
+        console.print(t)
+        c = Table(title="class pixel share (of all mask pixels)")
+        c.add_column("id", justify="right")
+        c.add_column("class")
+        for name in splits:
+            c.add_column(name, justify="right")
+        for i, cname in enumerate(s["class_names"]):
+            c.add_row(str(i), cname, *(f"{v['class_share'][cname]:.2%}" for v in splits.values()))
+        c.add_row("255", "void", *(f"{v['void_share']:.2%}" for v in splits.values()))
+        console.print(c)
+    for w in report.warnings[:MAX_SHOWN]:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    if report.errors:
+        console.print(f"[red bold]{len(report.errors)} problem(s)[/red bold]")
+        for e in report.errors[:MAX_SHOWN]:
+            console.print(f"[red]-[/red] {e}", highlight=False)
+        if len(report.errors) > MAX_SHOWN:
+            console.print(f"... and {len(report.errors) - MAX_SHOWN} more")
+    else:
+        console.print("[green]OK[/green]")
+
+
+@app.command()
+def check(
+    dataset: str = typer.Argument("procedural", help="A dataset name, a YAML description or a root folder."),
+    strict: bool = typer.Option(False, "--strict", help="Binary masks with values between 0 and 255 are "
+                                "errors (default: thresholded at 128 and counted)."),
+    split: list[str] | None = typer.Option(None, "--split", "-s",
+                                           help="Split(s) to check (default: all present)."),
+    layout: str | None = typer.Option(None, help="Root folder only: layout (folder|camvid|voc)."),
+    encoding: str | None = typer.Option(None, help="Root folder only: mask encoding (binary|index|rgb)."),
+    void_value: int | None = typer.Option(None, help="Root folder only: mask value meaning void."),
+) -> None:
+    """Validate a dataset and print a summary; exit status 1 if anything is wrong."""
+    console = Console(width=max(Console().width, 120))
+    overrides = {k: v for k, v in (("layout", layout), ("encoding", encoding), ("void_value", void_value))
+                 if v is not None}
+    try:
+        spec = load_spec(dataset, **overrides)
+        report = check_dataset(spec, splits=split or None, strict=strict)
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    _print_report(console, report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_datasets() -> None:
+    """Names accepted wherever a dataset is asked for (besides YAML files and root folders)."""
+    console = Console()
+    t = Table()
+    t.add_column("name")
+    t.add_column("source")
+    for n in PROCEDURAL_NAMES:
+        t.add_row(n, "built-in (no files)")
+    for n in shipped_names():
+        t.add_row(n, f"configs/data/{n}.yaml")
+    console.print(t)

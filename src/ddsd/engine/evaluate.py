@@ -1,0 +1,79 @@
+"""Evaluation of a student on a split, with the field's conventions.
+
+Binary datasets (K = 2): the object-probability map ``softmax(z)[positive_class]`` is computed at the
+mask's **original** size (logits resized bilinearly) and scored per image with
+:class:`ddsd.metrics.BinarySegMetrics` (pysodmetrics), then averaged over the split.
+Multi-class: logits resized to the original size, argmax, one confusion matrix over the split
+(:class:`ddsd.metrics.MulticlassSegMetrics`). Under DDP each rank scores a disjoint shard (no padding) and the
+metric states are merged exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from ddsd.data import SegDataset, collate_keep
+from ddsd.metrics import BinarySegMetrics, MulticlassSegMetrics
+
+__all__ = ["build_metrics", "evaluate", "main_metric"]
+
+
+def build_metrics(dataset: SegDataset, boundary_width: int = 3) -> BinarySegMetrics | MulticlassSegMetrics:
+    spec = dataset.spec
+    if spec.is_binary:
+        return BinarySegMetrics(boundary_width=boundary_width)
+    return MulticlassSegMetrics(spec.num_classes, 255, boundary_width, class_names=list(spec.class_names))
+
+
+def main_metric(dataset: SegDataset) -> str:
+    """``fbeta_max`` for binary datasets, ``miou`` for multi-class (both: higher is better)."""
+    return "fbeta_max" if dataset.spec.is_binary else "miou"
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: SegDataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    rank: int = 0,
+    world_size: int = 1,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Score ``model`` on ``dataset`` (no augmentation). Returns the metric dict of the split."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    metrics = build_metrics(dataset)
+    spec = dataset.spec
+    pos = spec.positive_class if spec.positive_class is not None else 1
+    indices = list(range(rank, len(dataset), world_size))
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=collate_keep)
+    for batch in loader:
+        x = batch["image"].to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            logits = model(x)
+        logits = logits.float()
+        for j, idx in enumerate(batch["index"].tolist()):
+            gt = dataset.original_mask(idx)
+            z = logits[j : j + 1]
+            if tuple(z.shape[-2:]) != gt.shape:
+                z = F.interpolate(z, size=gt.shape, mode="bilinear", align_corners=False)
+            if spec.is_binary:
+                prob = torch.softmax(z, dim=1)[0, pos].cpu().numpy().astype(np.float64)
+                metrics.update(prob, gt == pos)
+            else:
+                metrics.update(z.argmax(1).cpu(), torch.from_numpy(gt.astype(np.int64))[None])
+    if world_size > 1:
+        metrics.sync()
+    model.train(was_training)
+    return metrics.compute()

@@ -1,0 +1,302 @@
+"""The training engine: one loop for every method (the method only changes the criterion).
+
+``train(cfg)`` builds data, student, optional frozen teacher, criterion (:func:`ddsd.methods.build_criterion`),
+optimiser and LR schedule from a :class:`~ddsd.config.RunConfig`, then per epoch: train, evaluate on val, write
+``metrics.csv``, save ``checkpoints/last.pt`` (and ``best.pt`` when the main val metric improves) atomically.
+At the end ``best.pt`` is scored on ``data.eval_splits`` and ``summary.json`` is written.
+
+Reproducibility: the data order of epoch ``e`` is drawn from a generator seeded by ``(seed, e)`` and the
+augmentations by ``(seed, e, index)``; model/optimiser/schedule/criterion/RNG states are checkpointed at every
+epoch end, so ``resume=True`` after any interruption (even SIGKILL) gives the same weights and metrics as an
+uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from ddsd.config import RunConfig, save_config
+from ddsd.data import build_dataset, collate_keep, load_spec
+from ddsd.engine import distributed
+from ddsd.engine.checkpoint import load_checkpoint, save_checkpoint
+from ddsd.engine.evaluate import evaluate, main_metric
+from ddsd.engine.rundir import MetricsLog, RunDir, environment, write_json
+from ddsd.engine.seeding import get_rng_state, seed_everything, set_rng_state, worker_init_fn
+from ddsd.methods import build_criterion
+from ddsd.models import create_model, load_teacher
+
+__all__ = ["RunExistsError", "build_lr_lambda", "train"]
+
+_AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class RunExistsError(FileExistsError):
+    """The output directory already holds a run and ``resume`` was not asked for."""
+
+
+def build_lr_lambda(schedule: str, total_steps: int, warmup_steps: int, power: float = 0.9):
+    """Per-iteration LR factor: linear warm-up, then ``poly`` (1 - p)^power, ``cosine`` or ``constant``."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        p = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if schedule == "poly":
+            return (1.0 - p) ** power
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * p))
+        return 1.0
+
+    return factor
+
+
+def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+    return torch.optim.AdamW(groups, lr=o.lr)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def _train_loader(cfg: RunConfig, dataset, epoch: int, ctx: distributed.DistContext) -> DataLoader:
+    dataset.set_epoch(epoch)
+    seed = cfg.train.seed
+    if ctx.enabled:
+        sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        per_rank = max(1, cfg.data.batch_size // ctx.world_size)
+    else:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        sampler = RandomSampler(dataset, generator=g)
+        per_rank = cfg.data.batch_size
+    loader_gen = torch.Generator().manual_seed(seed * 7_919 + epoch)
+    return DataLoader(
+        dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate_keep,
+        drop_last=len(dataset) >= cfg.data.batch_size, worker_init_fn=worker_init_fn, generator=loader_gen,
+        pin_memory=ctx.device.type == "cuda",
+    )
+
+
+def _scalar_metrics(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def train(cfg: RunConfig, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Train one run described by ``cfg``; returns the summary (also written to ``<out>/summary.json``)."""
+    console = console or Console(stderr=True)
+    run = RunDir(cfg.out)
+    if run.finished and not resume:
+        raise RunExistsError(f"{run.root} already holds a finished run (summary.json); choose another --out")
+    if run.last.exists() and not resume:
+        raise RunExistsError(f"{run.root} holds a checkpoint; pass --resume to continue it or choose another --out")
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        return _train(cfg, run, resume, ctx, console)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistContext, console: Console):
+    t_start = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    device = ctx.device
+    spec = load_spec(cfg.data.name)
+    size = tuple(cfg.data.size) if cfg.data.size else None
+    train_ds = build_dataset(spec, "train", size, augment=cfg.data.augment, seed=cfg.train.seed,
+                             cache_dir=cfg.data.cache_dir)
+    val_ds = build_dataset(spec, "val", size, augment=False, cache_dir=cfg.data.cache_dir)
+    k = spec.num_classes
+    if cfg.model.num_classes is None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.model.num_classes = k
+    elif cfg.model.num_classes != k:
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} but dataset '{spec.name}' has {k} classes")
+    model = create_model(cfg.model.name, k).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    teacher = load_teacher(cfg.teacher).to(device) if cfg.teacher else None
+    if teacher is not None and getattr(teacher, "num_classes", k) not in (None, k):
+        raise ValueError(f"teacher {cfg.teacher} predicts {teacher.num_classes} classes, the data has {k}")
+
+    steps_per_epoch = len(_train_loader(cfg, train_ds, 0, ctx))
+    total_steps = cfg.train.epochs * steps_per_epoch
+    crit = build_criterion(cfg.method, k, total_steps, spec.ignore_index).to(device)
+    opt = _optimizer(cfg, model)
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, build_lr_lambda(cfg.optim.lr_schedule, total_steps, warmup, cfg.optim.poly_power)
+    )
+    amp_dtype = _AMP[cfg.train.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+
+    start_epoch, step, best, best_epoch = 0, 0, -math.inf, -1
+    if resume and run.last.exists():
+        state = load_checkpoint(run.last, map_location=device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        crit.load_state_dict(state["criterion"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_epoch, step = state["epoch"], state["step"]
+        best, best_epoch = state["best_metric"], state["best_epoch"]
+        if ctx.is_main:
+            console.print(f"[bold]resuming[/] {run.root} after epoch {start_epoch}")
+    env = environment(device)
+    if ctx.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config, extra={**env, "world_size": ctx.world_size})
+    log = MetricsLog(run.metrics, keep_epochs_below=start_epoch) if ctx.is_main else None
+    net: nn.Module = model
+    if ctx.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    writer = None
+    if cfg.train.tensorboard and ctx.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise RuntimeError("train.tensorboard needs the tensorboard package: pip install tensorboard") from e
+        writer = SummaryWriter(str(run.root / "tensorboard"))
+    key = main_metric(val_ds)
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, disable=not (cfg.train.progress and ctx.is_main),
+    )
+    progress_on = cfg.train.progress and ctx.is_main
+    with progress:
+        task = progress.add_task(f"{cfg.method.name} {spec.name}", total=total_steps, completed=step, info="")
+        for epoch in range(start_epoch, cfg.train.epochs):
+            t0 = time.perf_counter()
+            net.train()
+            if teacher is not None:
+                teacher.eval()
+            sums: torch.Tensor | None = None
+            counts: torch.Tensor | None = None
+            stat_names: list[str] = []
+            n_batches, data_time = 0, 0.0
+            t_data = time.perf_counter()
+            for batch in _train_loader(cfg, train_ds, epoch, ctx):
+                x = batch["image"].to(device, non_blocking=True)
+                y = batch["mask"].to(device, non_blocking=True)
+                if cfg.train.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                data_time += time.perf_counter() - t_data
+                autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+                with autocast:
+                    logits = net(x)
+                    t_logits = teacher(x, size=tuple(y.shape[-2:])) if teacher is not None else None
+                out = crit(logits, y, t_logits)
+                stat_names = ["loss", *out.tensors]
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(out.loss).backward()
+                if cfg.optim.grad_clip:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                lr_sched.step()
+                crit.step()
+                step += 1
+                n_batches += 1
+                vals = torch.stack([out.loss.detach().double(), *(v.double() for v in out.tensors.values())])
+                finite = torch.isfinite(vals)
+                sums = sums + torch.where(finite, vals, 0.0) if sums is not None else torch.where(finite, vals, 0.0)
+                counts = counts + finite if counts is not None else finite.long()
+                if progress_on:  # one host sync per step, only for the bar
+                    progress.update(task, advance=1, info=f"loss {float(vals[0]):.3f} rate {float(vals[1]):.2f}")
+                t_data = time.perf_counter()
+            train_time = time.perf_counter() - t0
+            val = evaluate(net if not ctx.enabled else model, val_ds, device, cfg.data.batch_size, ctx.rank,
+                           ctx.world_size, amp_dtype, cfg.train.channels_last)
+            score = val[key]
+            improved = score is not None and math.isfinite(score) and score > best
+            if improved:
+                best, best_epoch = score, epoch
+            means: dict[str, float] = {}
+            if sums is not None and counts is not None:
+                avg = (sums / counts.clamp_min(1)).tolist()
+                means = {
+                    f"train_{n}": (v if c else math.nan)
+                    for n, v, c in zip(stat_names, avg, counts.tolist(), strict=True)
+                }
+            row = {
+                "epoch": epoch, "step": step, "lr": lr_sched.get_last_lr()[0],
+                **means,
+                "rate": getattr(crit, "rate", 0.0),
+                "capability": getattr(getattr(crit, "schedule", None), "capability", None),
+                **_scalar_metrics("val_", val),
+                "train_time_s": train_time, "data_time_s": data_time,
+                "epoch_time_s": time.perf_counter() - t0,
+            }
+            if ctx.is_main:
+                state = {
+                    "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                    "lr_scheduler": lr_sched.state_dict(), "criterion": crit.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": get_rng_state(), "epoch": epoch + 1, "step": step,
+                    "best_metric": best, "best_epoch": best_epoch, "config": cfg.model_dump(mode="json"),
+                    "val": val, "env": env,
+                }
+                if improved:
+                    save_checkpoint(state, run.best)
+                save_checkpoint(state, run.last)
+                assert log is not None
+                log.append(row)
+                if writer is not None:
+                    for name, v in row.items():
+                        if isinstance(v, int | float) and v is not None:
+                            writer.add_scalar(name, v, epoch)
+                console.log(f"epoch {epoch + 1}/{cfg.train.epochs}  {key} {score:.4f}  best {best:.4f}  "
+                            f"rate {row['rate']:.3f}  {row['epoch_time_s']:.1f}s")
+            ctx.barrier()
+
+    summary = _finish(cfg, run, model, val_ds, spec, size, device, ctx, amp_dtype, key, best, best_epoch)
+    summary["wall_time_s"] = time.perf_counter() - t_start
+    if ctx.is_main:
+        write_json(run.summary, summary)
+        if writer is not None:
+            writer.close()
+    return summary
+
+
+def _finish(cfg, run, model, val_ds, spec, size, device, ctx, amp_dtype, key, best, best_epoch) -> dict[str, Any]:
+    """Score the last and best weights on val, best on ``eval_splits``; the summary dict."""
+    ctx.barrier()
+    final_val = evaluate(model, val_ds, device, cfg.data.batch_size, ctx.rank, ctx.world_size, amp_dtype)
+    best_state = load_checkpoint(run.best if run.best.exists() else run.last, map_location=device)
+    _unwrap(model).load_state_dict(best_state["model"])
+    summary: dict[str, Any] = {
+        "method": cfg.method.name, "dataset": spec.name, "model": cfg.model.name, "seed": cfg.train.seed,
+        "epochs": cfg.train.epochs, "main_metric": key, "best_epoch": best_epoch, "best_val": best_state["val"],
+        "final_val": final_val, **{k: v for k, v in best_state["val"].items()},
+    }
+    for split in cfg.data.eval_splits:
+        if split not in spec.splits:
+            continue
+        ds = build_dataset(spec, split, size, augment=False, cache_dir=cfg.data.cache_dir)
+        summary[split] = evaluate(model, ds, device, cfg.data.batch_size, ctx.rank, ctx.world_size, amp_dtype)
+    return summary

@@ -1,0 +1,576 @@
+"""Export a trained student to ONNX or TorchScript, checked against PyTorch on export.
+
+Every exported artefact maps an image batch ``image [B, 3, H, W]`` (float32) to ``logits [B, K, H, W]``.
+With ``dynamic=True`` the batch, height and width axes are dynamic; otherwise the artefact is only
+guaranteed for the export shape ``[1, 3, H, W]``.
+
+Python API::
+
+    from ddsd.export import export_checkpoint
+
+    check = export_checkpoint("runs/exp/best.pt", "onnx", "student.onnx", size=(360, 480), dynamic=True)
+    print(check.max_abs_diff, check.argmax_agreement)
+
+Command line (mounted by ``ddsd.cli`` as ``ddsd export``)::
+
+    ddsd export --checkpoint runs/exp/best.pt --format onnx --out student.onnx --size 360x480 --dynamic
+
+ONNX export and checking need the optional extra ``pip install 'ddsd[export]'`` (``onnx``, ``onnxruntime``);
+both are imported lazily, so the rest of ddsd (and TorchScript export) works without them.
+
+Files are written to a temporary file in the target folder and ``os.replace``-d into place, so a failed
+export never leaves a half-written file. :func:`export_checkpoint` checks the new file before it replaces
+``out``: a failed check deletes the new file and leaves any previous ``out`` untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pickle
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+import typer
+from torch import nn
+
+from .models.registry import create_model
+from .models.teacher import _strip_prefixes
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_MIN_AGREEMENT",
+    "DEFAULT_SIZE",
+    "ExportCheck",
+    "ExportCheckError",
+    "ExportError",
+    "Format",
+    "export_checkpoint",
+    "export_command",
+    "export_model",
+    "load_student",
+    "parse_size",
+    "verify_export",
+]
+
+Format = Literal["onnx", "torchscript"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+DEFAULT_SIZE: tuple[int, int] = (360, 480)
+DEFAULT_ATOL: float = 1e-3
+DEFAULT_MIN_AGREEMENT: float = 0.999
+DEFAULT_OPSET: int = 17
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+_DYNAMIC_EXTRA: tuple[int, int, int] = (1, 8, 16)  # extra (batch, height, width) for the dynamic check
+_EXTRA_HINT = "install the export extra: pip install 'ddsd[export]'"
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported (the message says why); no output file was written."""
+
+
+class ExportCheckError(RuntimeError):
+    """The exported artefact does not reproduce the PyTorch outputs; the bad file has been deleted."""
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """Result of checking an exported artefact against the PyTorch model.
+
+    Attributes:
+        path: the exported file.
+        fmt: ``"onnx"`` or ``"torchscript"``.
+        size: export ``(H, W)``.
+        dynamic: whether batch/H/W are dynamic axes.
+        shapes: input shapes ``(B, 3, H, W)`` that were checked.
+        max_abs_diff: max |exported - PyTorch| over all logits of all checked inputs.
+        argmax_agreement: fraction of pixels (over all checked inputs) with the same argmax class.
+        atol: tolerance on ``max_abs_diff`` that was applied.
+        file_size: size of the exported file in bytes.
+    """
+
+    path: Path
+    fmt: str
+    size: tuple[int, int]
+    dynamic: bool
+    shapes: tuple[tuple[int, int, int, int], ...]
+    max_abs_diff: float
+    argmax_agreement: float
+    atol: float
+    file_size: int
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _require_onnx() -> tuple[Any, Any]:
+    """Import ``(onnx, onnxruntime)`` or raise ``ImportError`` telling the user to install the extra."""
+    missing = []
+    onnx = ort = None
+    try:
+        import onnx
+    except ImportError:
+        missing.append("onnx")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        missing.append("onnxruntime")
+    if missing:
+        raise ImportError(f"ONNX export needs {' and '.join(missing)}, which are not installed; {_EXTRA_HINT}")
+    return onnx, ort
+
+
+def _check_format(fmt: str) -> str:
+    key = str(fmt).strip().lower()
+    if key not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    return key
+
+
+def _check_size(size: Sequence[int]) -> tuple[int, int]:
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be a pair (H, W) of positive integers, got {size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be a pair (H, W) of positive integers, got {size!r}")
+    return h, w
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore its previous train/eval flags afterwards."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def _sibling(out: Path, tag: str) -> Path:
+    """A fresh hidden file name next to ``out`` (created by the writer, so it gets the usual permissions)."""
+    return out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{tag}"
+
+
+@contextlib.contextmanager
+def _atomic_target(out: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``out``; on success ``os.replace`` it onto ``out``, else delete it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(out, "tmp")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _inputs(size: tuple[int, int], dynamic: bool, seed: int) -> list[torch.Tensor]:
+    """Random ``[1, 3, H, W]`` (and, if dynamic, ``[2, 3, H + 8, W + 16]``) float32 inputs."""
+    h, w = size
+    shapes = [(1, 3, h, w)]
+    if dynamic:
+        db, dh, dw = _DYNAMIC_EXTRA
+        shapes.append((1 + db, 3, h + dh, w + dw))
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=gen) for s in shapes]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_student(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the student stored in a training checkpoint.
+
+    The checkpoint is a ``torch.save``-d dict ``{"model": state_dict, "config": {"model": {"name": str,
+    "num_classes": int, "kwargs": dict (optional)}, "data": {"size": [H, W] | None, ...}, ...}, ...}``
+    (as written by ``ddsd.engine.checkpoint.save_checkpoint``). ``module.``/``_orig_mod.`` key prefixes
+    are removed and the weights are loaded strictly. The file is unpickled with ``weights_only=False``:
+    only load checkpoints you trust.
+
+    Returns:
+        ``(model, config)``: the CPU model in eval mode (``[B, 3, H, W] -> [B, K, H, W]`` logits) and the
+        checkpoint's config dict.
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` does not exist (the message names the path).
+        ValueError: the file is not readable as a checkpoint, lacks a required key (the message names the
+            file and the key), or its weights do not fit the configured model.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"checkpoint {path} is not a dict (got {type(ckpt).__name__})")
+
+    def require(mapping: Any, key: str, where: str) -> Any:
+        if not isinstance(mapping, Mapping) or key not in mapping:
+            raise ValueError(f"checkpoint {path} is missing key {where}")
+        return mapping[key]
+
+    state_dict = require(ckpt, "model", "'model' (the student state_dict)")
+    config = require(ckpt, "config", "'config'")
+    model_cfg = require(config, "model", "config['model']")
+    name = require(model_cfg, "name", "config['model']['name']")
+    num_classes = require(model_cfg, "num_classes", "config['model']['num_classes']")
+    kwargs = model_cfg.get("kwargs") or {}
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"checkpoint {path}: 'model' must be a state_dict mapping, got {type(state_dict).__name__}")
+    model = create_model(str(name), int(num_classes), **dict(kwargs))
+    try:
+        model.load_state_dict(_strip_prefixes(state_dict), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path}: weights do not match model {name!r}: {exc}") from None
+    return model.eval(), dict(config)
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def _trace_or_script(model: nn.Module, example: torch.Tensor, dynamic: bool) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` the model; fall back to ``torch.jit.script`` when tracing fails or, for a dynamic
+    export, when the trace does not reproduce eager outputs at another batch/spatial size."""
+    trace_error: str
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(model, (example,), check_trace=False)
+        if not dynamic:
+            return traced
+        b, _, h, w = example.shape
+        db, dh, dw = _DYNAMIC_EXTRA
+        gen = torch.Generator(device=example.device).manual_seed(0)
+        probe = torch.randn(b + db, 3, h + dh, w + dw, device=example.device, generator=gen)
+        ref, got = model(probe), traced(probe)
+        if ref.shape == got.shape and torch.allclose(ref, got, rtol=1e-4, atol=1e-5):
+            return traced
+        trace_error = "the trace is specialised to the export shape"
+    except Exception as exc:  # any tracing failure -> try scripting
+        trace_error = f"{type(exc).__name__}: {exc}"
+    try:
+        scripted = torch.jit.script(model)
+        scripted(example)  # a forward that fails under tracing may fail here too
+        return scripted
+    except Exception as exc:
+        raise ExportError(
+            f"TorchScript export failed: tracing ({trace_error}) and scripting ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def export_model(
+    model: nn.Module,
+    fmt: Format,
+    out: str | Path,
+    size: Sequence[int] = DEFAULT_SIZE,
+    dynamic: bool = False,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export ``model`` (``[B, 3, H, W] -> [B, K, H, W]`` logits) to ``out``; returns ``Path(out)``.
+
+    * ``"onnx"``: ``torch.onnx.export`` (TorchScript-based exporter, ``dynamo=False``) at opset ``opset``
+      with input ``image [B, 3, H, W]`` and output ``logits [B, K, H, W]``; with ``dynamic`` the axes
+      ``batch``, ``height`` and ``width`` of both are dynamic. The graph is validated with
+      ``onnx.checker``. Needs the ``ddsd[export]`` extra.
+    * ``"torchscript"``: ``torch.jit.trace`` (``torch.jit.script`` if tracing fails, or, with ``dynamic``,
+      if the trace is shape-specialised) saved with ``torch.jit.save``.
+
+    The example input is ``[1, 3, H, W]`` with ``(H, W) = size`` on the model's device; the model is run
+    in eval mode (its train/eval flags are restored afterwards). The file is written to a temporary file
+    in ``out``'s folder and moved into place with ``os.replace`` only on success.
+
+    Raises:
+        ValueError: unknown ``fmt`` or bad ``size``.
+        ImportError: ONNX requested without ``onnx``/``onnxruntime`` installed.
+        ExportError: the exporter failed (nothing is written).
+    """
+    kind = _check_format(fmt)
+    size = _check_size(size)
+    out = Path(out)
+    onnx = _require_onnx()[0] if kind == "onnx" else None
+    device = _model_device(model)
+    example = torch.randn(1, 3, *size, device=device, generator=torch.Generator(device=device).manual_seed(0))
+    with _eval_mode(model), torch.no_grad(), _atomic_target(out) as tmp:
+        if kind == "onnx":
+            axes = {0: "batch", 2: "height", 3: "width"}
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(
+                        model,
+                        (example,),
+                        str(tmp),
+                        dynamo=False,
+                        opset_version=opset,
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes} if dynamic else None,
+                        do_constant_folding=True,
+                    )
+                onnx.checker.check_model(str(tmp))
+            except Exception as exc:
+                raise ExportError(f"ONNX export to {out} failed: {type(exc).__name__}: {exc}") from exc
+        else:
+            module = _trace_or_script(model, example, dynamic)
+            try:
+                torch.jit.save(module, str(tmp))
+            except Exception as exc:
+                raise ExportError(f"saving TorchScript to {out} failed: {type(exc).__name__}: {exc}") from exc
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _runner(path: Path, fmt: str) -> Any:
+    """A callable ``np.ndarray/torch.Tensor [B, 3, H, W] -> torch.Tensor [B, K, H, W]`` running the artefact."""
+    if fmt == "onnx":
+        _, ort = _require_onnx()
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def run_onnx(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+
+        return run_onnx
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run_ts(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(x.cpu())
+
+    return run_ts
+
+
+def verify_export(
+    model: nn.Module,
+    path: str | Path,
+    fmt: Format,
+    size: Sequence[int] = DEFAULT_SIZE,
+    dynamic: bool = False,
+    atol: float = DEFAULT_ATOL,
+    seed: int = 0,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+) -> ExportCheck:
+    """Run the exported file at ``path`` and compare it with ``model`` (eval mode, no grad) on random inputs.
+
+    Inputs (``torch.randn`` seeded with ``seed``): ``[1, 3, H, W]`` at the export size and, when
+    ``dynamic``, also ``[2, 3, H + 8, W + 16]``. ONNX files run in onnxruntime
+    (``CPUExecutionProvider``), TorchScript files through ``torch.jit.load`` on the CPU.
+
+    Returns:
+        an :class:`ExportCheck` with the max abs logit difference and the argmax agreement over all inputs.
+
+    Raises:
+        ExportCheckError: the file cannot be loaded or run, an output shape is not ``[B, K, H, W]``,
+            ``max_abs_diff > atol``, or ``argmax_agreement < min_agreement``. The file at ``path`` is
+            deleted first, so a bad export is never left behind.
+        ImportError: an ONNX check without ``onnxruntime`` installed (the file is kept).
+    """
+    kind = _check_format(fmt)
+    size = _check_size(size)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported file not found: {path}")
+    if kind == "onnx":
+        _require_onnx()
+
+    def fail(message: str) -> ExportCheckError:
+        path.unlink(missing_ok=True)
+        return ExportCheckError(f"{kind} export {path} failed the check (the file was deleted): {message}")
+
+    device = _model_device(model)
+    xs = _inputs(size, dynamic, seed)
+    max_diff, agree, total = 0.0, 0, 0
+    try:
+        run = _runner(path, kind)
+    except Exception as exc:
+        raise fail(f"cannot load it ({type(exc).__name__}: {exc})") from None
+    with _eval_mode(model), torch.no_grad():
+        for x in xs:
+            ref = model(x.to(device)).float().cpu()
+            try:
+                got = run(x).float()
+            except Exception as exc:
+                raise fail(f"running it on input {tuple(x.shape)} raised {type(exc).__name__}: {exc}") from None
+            if got.shape != ref.shape:
+                raise fail(f"output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)} for input {tuple(x.shape)}")
+            max_diff = max(max_diff, float((got - ref).abs().max()) if ref.numel() else 0.0)
+            if not torch.isfinite(got).all():
+                max_diff = float("inf")
+            agree += int((got.argmax(1) == ref.argmax(1)).sum())
+            total += ref.shape[0] * ref.shape[2] * ref.shape[3]
+    agreement = agree / total if total else 1.0
+    if not max_diff <= atol:
+        raise fail(f"max abs logit difference {max_diff:.3g} > atol {atol:.3g} (argmax agreement {agreement:.5f})")
+    if agreement < min_agreement:
+        raise fail(f"argmax agreement {agreement:.5f} < {min_agreement} (max abs logit difference {max_diff:.3g})")
+    return ExportCheck(
+        path=path,
+        fmt=kind,
+        size=size,
+        dynamic=bool(dynamic),
+        shapes=tuple((int(x.shape[0]), int(x.shape[1]), int(x.shape[2]), int(x.shape[3])) for x in xs),
+        max_abs_diff=max_diff,
+        argmax_agreement=agreement,
+        atol=float(atol),
+        file_size=path.stat().st_size,
+    )
+
+
+def _config_size(config: Mapping[str, Any]) -> tuple[int, int]:
+    """``config["data"]["size"]`` as ``(H, W)`` (an int means a square), or :data:`DEFAULT_SIZE`."""
+    data = config.get("data") if isinstance(config, Mapping) else None
+    size = data.get("size") if isinstance(data, Mapping) else None
+    if size is None:
+        return DEFAULT_SIZE
+    if isinstance(size, int):
+        size = (size, size)
+    return _check_size(size)
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    fmt: Format,
+    out: str | Path,
+    size: Sequence[int] | None = None,
+    dynamic: bool = False,
+    atol: float | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> ExportCheck:
+    """Load the student in ``checkpoint`` (:func:`load_student`), export it to ``out`` and check the export.
+
+    ``size`` defaults to the checkpoint's ``config["data"]["size"]``, or ``(360, 480)`` when that is
+    missing/None; ``atol`` defaults to :data:`DEFAULT_ATOL`. The export is written and checked under a
+    temporary name in ``out``'s folder and only then moved onto ``out``, so a failed export or check leaves
+    no new file and does not touch an existing ``out``.
+
+    Returns:
+        the :class:`ExportCheck` (with ``path == Path(out)``).
+
+    Raises:
+        FileNotFoundError / ValueError: see :func:`load_student`; ``ValueError`` also for a bad ``fmt``/``size``.
+        ImportError: ONNX without the ``ddsd[export]`` extra.
+        ExportError: the exporter failed.
+        ExportCheckError: the exported file does not match PyTorch (see :func:`verify_export`).
+    """
+    kind = _check_format(fmt)
+    out = Path(out)
+    model, config = load_student(checkpoint)
+    hw = _check_size(size) if size is not None else _config_size(config)
+    if kind == "onnx":
+        _require_onnx()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = _sibling(out, "unverified")
+    try:
+        export_model(model, kind, staged, size=hw, dynamic=dynamic, opset=opset)
+        tol = DEFAULT_ATOL if atol is None else float(atol)
+        check = verify_export(model, staged, kind, size=hw, dynamic=dynamic, atol=tol)
+        os.replace(staged, out)
+    except BaseException as exc:
+        staged.unlink(missing_ok=True)
+        if isinstance(exc, ExportCheckError):
+            raise ExportCheckError(str(exc).replace(str(staged), str(out))) from None
+        raise
+    return dataclasses.replace(check, path=out)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """Parse ``"HxW"`` (e.g. ``"360x480"``) into ``(H, W)``; ``None`` stays ``None``.
+
+    Raises:
+        typer.BadParameter: not two positive integers separated by ``x``.
+    """
+    if text is None:
+        return None
+    parts = text.strip().lower().split("x")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        h, w = (int(p.strip()) for p in parts)
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected HxW with two positive integers, e.g. 360x480; got {text!r}", param_hint="'--size'"
+        ) from None
+    return h, w
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024 or unit == "MiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def export_command(
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", "-c", help="training checkpoint (.pt) holding the student")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output file, e.g. student.onnx or student.pt")],
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript")] = "onnx",
+    size: Annotated[
+        str | None,
+        typer.Option(
+            "--size", help="export input size HxW, e.g. 360x480; default: the checkpoint's data.size, else 360x480"
+        ),
+    ] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="dynamic batch, height and width axes")] = False,
+) -> None:
+    """Export a trained student to ONNX or TorchScript and check it against PyTorch.
+
+    The exported file is run (onnxruntime for ONNX, torch.jit.load for TorchScript) on random inputs and
+    compared with the PyTorch model; the max abs logit difference and the argmax agreement are printed.
+    A failed check is an error: the file is deleted and the command exits with status 1.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    fmt = format.strip().lower()
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"expected one of {', '.join(FORMATS)}; got {format!r}", param_hint="'--format'")
+    hw = parse_size(size)
+    console, err = Console(), Console(stderr=True)
+    try:
+        check = export_checkpoint(checkpoint, fmt, out, size=hw, dynamic=dynamic)
+    except (FileNotFoundError, ValueError, ImportError, ExportError, ExportCheckError) as exc:
+        err.print(f"[bold red]export failed:[/bold red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+    table = Table(title=f"ddsd export: {escape(str(check.path))}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("format", check.fmt)
+    table.add_row("input size", f"{check.size[0]}x{check.size[1]}" + (" (dynamic batch/H/W)" if check.dynamic else ""))
+    table.add_row("checked shapes", ", ".join("x".join(map(str, s)) for s in check.shapes))
+    table.add_row("max abs logit difference", f"{check.max_abs_diff:.3g} (atol {check.atol:.0e})")
+    table.add_row("argmax agreement", f"{check.argmax_agreement:.5f}")
+    table.add_row("file size", _human_bytes(check.file_size))
+    console.print(table)
+    console.print(f"[green]check passed[/green]: wrote {escape(str(check.path))}")

@@ -1,0 +1,188 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddsd.cli import app
+from ddsd.config import ConfigError, RunConfig, apply_overrides, load_config
+from ddsd.engine import CheckpointError, RunExistsError, load_checkpoint, save_checkpoint, train
+from ddsd.engine.rundir import read_metrics
+from ddsd.engine.trainer import build_lr_lambda
+
+
+def tiny_cfg(out, method="ddsd", epochs=2, data="procedural_binary", **extra) -> RunConfig:
+    overrides = [
+        f"out={json.dumps(str(out))}", f"method.name={method}", f"train.epochs={epochs}", f"data.name={data}",
+        "data.size=[32, 32]", "data.batch_size=16", "train.progress=false", "train.threads=1", "data.eval_splits=[]",
+    ] + [f"{k}={json.dumps(v)}" for k, v in extra.items()]
+    return apply_overrides(RunConfig(), overrides)
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+@pytest.mark.parametrize("method", ["ce", "kd", "ls", "tfkd", "static", "ohem", "cwd", "ddsd"])
+def test_every_method_trains_through_the_engine(tmp_path, method):
+    summary = train(tiny_cfg(tmp_path / method, method, epochs=1))
+    run = tmp_path / method
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    assert (run / "checkpoints" / "best.pt").is_file()
+    saved = json.loads((run / "summary.json").read_text())
+    for key in ("fbeta_max", "mae", "s_measure", "iou", "boundary_iou", "wall_time_s", "best_val"):
+        assert key in saved
+    assert 0.0 <= summary["fbeta_max"] <= 1.0
+    rows = read_metrics(run / "metrics.csv")
+    assert len(rows) == 1 and {"train_loss", "rate", "val_fbeta_max", "train_kept_fraction"} <= set(rows[0])
+
+
+def test_multiclass_summary_keys(tmp_path):
+    summary = train(tiny_cfg(tmp_path / "mc", "ddsd", epochs=1, data="procedural"))
+    assert {"miou", "pixel_acc", "per_class_iou", "boundary_iou"} <= set(summary)
+    assert isinstance(summary["per_class_iou"], dict)
+    cfg = (tmp_path / "mc" / "config.yaml").read_text()
+    assert "torch_version" in cfg and "git_commit" in cfg and "seed: 0" in cfg
+
+
+def test_resume_gives_the_same_weights_and_metrics(tmp_path, monkeypatch):
+    full = train(tiny_cfg(tmp_path / "full", epochs=3))
+    import ddsd.engine.trainer as trainer
+
+    calls = []
+    real = trainer.evaluate
+
+    def crash_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tmp_path / "part", epochs=3))
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "part/checkpoints/last.pt")["epoch"] == 1
+    resumed = train(tiny_cfg(tmp_path / "part", epochs=3), resume=True)
+    a, b = _weights(tmp_path / "full/checkpoints/last.pt"), _weights(tmp_path / "part/checkpoints/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["fbeta_max"] == full["fbeta_max"] and resumed["mae"] == full["mae"]
+    rows_full = read_metrics(tmp_path / "full/metrics.csv")
+    rows_part = read_metrics(tmp_path / "part/metrics.csv")
+    assert [r["val_fbeta_max"] for r in rows_full] == [r["val_fbeta_max"] for r in rows_part]
+    assert [r["rate"] for r in rows_full] == [r["rate"] for r in rows_part]
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    train(tiny_cfg(tmp_path / "r", epochs=1))
+    with pytest.raises(RunExistsError, match="finished run"):
+        train(tiny_cfg(tmp_path / "r", epochs=1))
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_mid_epoch(tmp_path):
+    """Kill the training process (SIGKILL) during epoch 2, resume: same final weights as a clean run."""
+    common = ["--data", "procedural_binary", "--size", "48x48", "--batch-size", "4", "--epochs", "3",
+              "--threads", "1", "--no-progress", "--set", "data.eval_splits=[]"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    clean = subprocess.run([sys.executable, "-m", "ddsd", "train", "--out", str(tmp_path / "clean"), *common],
+                           capture_output=True, text=True, env=env)
+    assert clean.returncode == 0, clean.stderr
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ddsd", "train", "--out", str(run), *common],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # now inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(last)  # the last good checkpoint is loadable
+    assert state["epoch"] in (1, 2)
+    r = subprocess.run([sys.executable, "-m", "ddsd", "train", "--out", str(run), "--resume", *common],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    a, b = _weights(tmp_path / "clean/checkpoints/last.pt"), _weights(last)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    s1 = json.loads((tmp_path / "clean/summary.json").read_text())
+    s2 = json.loads((run / "summary.json").read_text())
+    assert s1["fbeta_max"] == s2["fbeta_max"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "epoch": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"model": {"w": torch.zeros(2)}, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"], "no temp file left behind"
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"bad\.pt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_network_teacher_and_eval_cli(tmp_path):
+    train(tiny_cfg(tmp_path / "teacher", "ce", epochs=1))
+    teacher = tmp_path / "teacher/checkpoints/best.pt"
+    s = train(tiny_cfg(tmp_path / "student", "kd", epochs=1, teacher=str(teacher)))
+    assert "fbeta_max" in s
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "student/checkpoints/best.pt"), "--split", "val",
+                            "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["fbeta_max"] == pytest.approx(s["best_val"]["fbeta_max"], abs=1e-9)
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope.pt")])
+    assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_train_cli_and_config_errors(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    r = runner.invoke(app, ["train", "--data", "procedural_binary", "--size", "32x32", "--epochs", "1",
+                            "--out", str(out), "--no-progress", "--set", "data.eval_splits=[]", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert (out / "summary.json").is_file()
+    r = runner.invoke(app, ["train", "--out", str(out), "--epochs", "1", "--no-progress"])
+    assert r.exit_code == 2 and "finished run" in r.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method:\n  name: ddsd\n  r_maxx: 0.3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'method.r_maxx'.*"):
+        load_config(bad)
+    r = runner.invoke(app, ["train", "--config", str(bad)])
+    assert r.exit_code == 2 and "r_maxx" in r.output and "bad.yaml" in r.output
+    r = runner.invoke(app, ["train", "--method", "magic", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "magic" in r.output
+    with pytest.raises(ConfigError, match="lr"):
+        apply_overrides(RunConfig(), ["optim.lr=-1"])
+
+
+def test_lr_lambda_shapes():
+    f = build_lr_lambda("poly", 100, 10, 0.9)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(100) == pytest.approx(0.0)
+    g = build_lr_lambda("cosine", 100, 0)
+    assert g(50) == pytest.approx(0.5)
+    assert build_lr_lambda("constant", 10, 0)(7) == 1.0
+
+
+def test_shipped_configs_validate():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in root.rglob("*.yaml"):
+        if path.parent.name != "data":
+            load_config(path)
