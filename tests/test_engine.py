@@ -43,8 +43,15 @@ def test_every_method_trains_through_the_engine(tmp_path, method):
     assert len(rows) == 1 and {"train_loss", "rate", "val_fbeta_max", "train_kept_fraction"} <= set(rows[0])
 
 
-def test_multiclass_summary_keys(tmp_path):
-    summary = train(tiny_cfg(tmp_path / "mc", "ddsd", epochs=1, data="procedural"))
+def test_multiclass_summary_keys_and_snapshots(tmp_path):
+    summary = train(tiny_cfg(tmp_path / "mc", "ddsd", epochs=2, data="procedural", **{"train.snapshots": 3}))
+    from ddsd.engine.snapshots import load_snapshot
+
+    snap = load_snapshot(tmp_path / "mc/snapshots/epoch_001.npz")
+    assert snap["image"].shape == (3, 32, 32, 3) and snap["keep"].dtype == bool
+    assert snap["difficulty"].shape == snap["mask"].shape == snap["pred"].shape == (3, 32, 32)
+    valid = snap["mask"] != 255
+    assert not (snap["keep"] & ~valid).any() and 0.0 <= float(snap["rate"]) < 1.0
     assert {"miou", "pixel_acc", "per_class_iou", "boundary_iou"} <= set(summary)
     assert isinstance(summary["per_class_iou"], dict)
     cfg = (tmp_path / "mc" / "config.yaml").read_text()

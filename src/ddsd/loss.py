@@ -216,7 +216,19 @@ class DDSDLoss(nn.Module):
             raise ValueError(f"the loss is not finite ({out.loss.item()}) although the logits are")
         return out
 
-    def _forward(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None) -> LossOutput:
+    @torch.no_grad()
+    def pixel_maps(
+        self, student_logits: Tensor, target: Tensor, teacher_logits: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The per-pixel difficulty ``[B, H, W]`` and keep mask ``[B, H, W]`` (bool) at the current rate,
+        for inspection and pictures; nothing is counted towards the capability."""
+        target = self._check(student_logits, target, teacher_logits)
+        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+            *_, d, keep = self._pixel_terms(student_logits.float(), target, teacher_logits)
+        return d, keep
+
+    def _pixel_terms(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None):
+        """Per-pixel ``(valid, y0, log_p1, ce_pix, kl, difficulty, keep)``."""
         t = self.temperature
         valid = target != self.ignore_index
         y0 = torch.where(valid, target, 0).unsqueeze(1)  # [B, 1, H, W]
@@ -236,6 +248,11 @@ class DDSDLoss(nn.Module):
             keep = valid & (d <= self.schedule.tau)
         else:
             keep = select_keep(d, valid, self._rate, self.scope)
+        return valid, y0, log_p1, ce_pix, kl, d, keep
+
+    def _forward(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None) -> LossOutput:
+        t = self.temperature
+        valid, y0, log_p1, ce_pix, kl, d, keep = self._pixel_terms(z, target, teacher_logits)
         n_valid, n_keep = valid.sum(), keep.sum()
         kd = _masked_mean(kl, keep, n_keep)
         ce = _masked_mean(ce_pix, valid, n_valid) if self.ce_on_dropped else _masked_mean(ce_pix, keep, n_keep)

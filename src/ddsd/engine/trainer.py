@@ -32,6 +32,7 @@ from ddsd.engine.checkpoint import load_checkpoint, save_checkpoint
 from ddsd.engine.evaluate import evaluate, main_metric
 from ddsd.engine.rundir import MetricsLog, RunDir, environment, write_json
 from ddsd.engine.seeding import get_rng_state, seed_everything, set_rng_state, worker_init_fn
+from ddsd.engine.snapshots import save_snapshot
 from ddsd.methods import build_criterion
 from ddsd.models import create_model, load_teacher
 
@@ -253,6 +254,9 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                 "train_time_s": train_time, "data_time_s": data_time,
                 "epoch_time_s": time.perf_counter() - t0,
             }
+            if ctx.is_main and cfg.train.snapshots:
+                save_snapshot(run.root / "snapshots" / f"epoch_{epoch:03d}.npz", _unwrap(model), crit, val_ds,
+                              cfg.train.snapshots, epoch, device, teacher)
             if ctx.is_main:
                 state = {
                     "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
