@@ -142,6 +142,8 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
         ({"config": {"model": {"name": "simple", "num_classes": 2}}}, "'model'"),
         ({"model": {}, "config": {"model": {"num_classes": 2}}}, "config['model']['name']"),
         ({"model": {}, "config": {}}, "config['model']"),
+        ({"model": {}, "config": {"model": {"name": "simple", "num_classes": None}}}, "num_classes"),
+        ({"model": {}, "config": {"model": {"name": "resnet_huge", "num_classes": 2}}}, "unknown model"),
         ([1, 2], "not a dict"),
     ],
 )

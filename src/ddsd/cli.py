@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ddsd.config import METHODS, ConfigError, RunConfig, apply_overrides, load_config
 from ddsd.data.cli import app as data_app
+from ddsd.export import export_command
 from ddsd.models.cli import models_command, parse_size
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.command("models", help="Parameters, multiply-accumulates and CPU latency of each model.")(models_command)
+app.command("export", help="Export a trained student to ONNX or TorchScript, checked against PyTorch.")(export_command)
 console = Console(stderr=True)
 
 

@@ -211,7 +211,7 @@ def load_student(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist (the message names the path).
         ValueError: the file is not readable as a checkpoint, lacks a required key (the message names the
-            file and the key), or its weights do not fit the configured model.
+            file and the key), names an unknown model, or its weights do not fit the configured model.
     """
     path = Path(checkpoint)
     if not path.is_file():
@@ -236,7 +236,12 @@ def load_student(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     kwargs = model_cfg.get("kwargs") or {}
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"checkpoint {path}: 'model' must be a state_dict mapping, got {type(state_dict).__name__}")
-    model = create_model(str(name), int(num_classes), **dict(kwargs))
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise ValueError(f"checkpoint {path}: config['model']['num_classes'] must be an int, got {num_classes!r}")
+    try:
+        model = create_model(str(name), num_classes, **dict(kwargs))
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path}: {exc}") from None
     try:
         model.load_state_dict(_strip_prefixes(state_dict), strict=True)
     except RuntimeError as exc:

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ddsd.config import RunConfig, save_config
 from ddsd.data import build_dataset, collate_keep, load_spec
@@ -79,16 +79,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _train_loader(cfg: RunConfig, dataset, epoch: int, ctx: distributed.DistContext) -> DataLoader:
+    """The epoch's loader. The order is one seeded permutation per epoch, shared by every world size: with
+    N ranks, rank r takes positions r, r+N, ... of it and a per-rank batch of ``batch_size / N``, so the union
+    of the ranks' batches at a step is the single-process batch at that step."""
     dataset.set_epoch(epoch)
     seed = cfg.train.seed
-    if ctx.enabled:
-        sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        per_rank = max(1, cfg.data.batch_size // ctx.world_size)
-    else:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        sampler = RandomSampler(dataset, generator=g)
-        per_rank = cfg.data.batch_size
+    if cfg.data.batch_size % ctx.world_size:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} (the global batch) must be divisible by the "
+                         f"number of processes {ctx.world_size}")
+    sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    per_rank = cfg.data.batch_size // ctx.world_size
     loader_gen = torch.Generator().manual_seed(seed * 7_919 + epoch)
     return DataLoader(
         dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate_keep,
@@ -254,6 +255,11 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                 "train_time_s": train_time, "data_time_s": data_time,
                 "epoch_time_s": time.perf_counter() - t0,
             }
+            if ctx.enabled:  # the capability counts are all-reduced in crit.step(): every rank has one rate
+                rates: list[float | None] = [None] * ctx.world_size
+                torch.distributed.all_gather_object(rates, float(getattr(crit, "rate", 0.0)))
+                if len(set(rates)) != 1:
+                    raise RuntimeError(f"ranks disagree on the dropout rate after epoch {epoch}: {rates}")
             if ctx.is_main and cfg.train.snapshots:
                 save_snapshot(run.root / "snapshots" / f"epoch_{epoch:03d}.npz", _unwrap(model), crit, val_ds,
                               cfg.train.snapshots, epoch, device, teacher)
