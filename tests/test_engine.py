@@ -44,7 +44,9 @@ def test_every_method_trains_through_the_engine(tmp_path, method):
 
 
 def test_multiclass_summary_keys_and_snapshots(tmp_path):
-    summary = train(tiny_cfg(tmp_path / "mc", "ddsd", epochs=2, data="procedural", **{"train.snapshots": 3}))
+    summary = train(tiny_cfg(tmp_path / "mc", "ddsd", epochs=4, data="procedural", **{"train.snapshots": 3}))
+    names = sorted(p.name for p in (tmp_path / "mc/snapshots").iterdir())
+    assert names == ["epoch_000.npz", "epoch_001.npz", "epoch_003.npz"]
     from ddsd.engine.snapshots import load_snapshot
 
     snap = load_snapshot(tmp_path / "mc/snapshots/epoch_001.npz")

@@ -90,7 +90,9 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default)")
     tensorboard: bool = False
     progress: bool = True
-    snapshots: int = Field(0, ge=0, description="val images whose difficulty / dropped maps are saved per epoch")
+    snapshots: int = Field(
+        0, ge=0, description="val images whose difficulty / dropped maps are saved (first, middle, last epoch)"
+    )
 
     @field_validator("device")
     @classmethod

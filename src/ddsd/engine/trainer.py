@@ -260,7 +260,8 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                 torch.distributed.all_gather_object(rates, float(getattr(crit, "rate", 0.0)))
                 if len(set(rates)) != 1:
                     raise RuntimeError(f"ranks disagree on the dropout rate after epoch {epoch}: {rates}")
-            if ctx.is_main and cfg.train.snapshots:
+            snapshot_epochs = {0, (cfg.train.epochs - 1) // 2, cfg.train.epochs - 1}  # early, middle, late
+            if ctx.is_main and cfg.train.snapshots and epoch in snapshot_epochs:
                 save_snapshot(run.root / "snapshots" / f"epoch_{epoch:03d}.npz", _unwrap(model), crit, val_ds,
                               cfg.train.snapshots, epoch, device, teacher)
             if ctx.is_main:

@@ -1,0 +1,133 @@
+"""The results protocol (docs/results/README.md) as a resumable runner over ``ddsd train``.
+
+    python scripts/results.py tune   --datasets sod,crackforest,isbi2012_membrane [--jobs 2]
+    python scripts/results.py select --datasets ...        # writes docs/results/tuned.json from val only
+    python scripts/results.py grid   --datasets ... --seeds 0-4 [--jobs 2]
+
+Tuning runs live in docs/results/tuning/runs/<dataset>/<method>/<candidate>/seed0, the main grid in
+docs/results/grid/runs/<dataset>/<method>/seed<k> (the layout ``ddsd compare --collect`` reads). A run whose
+summary.json exists is skipped; one with a checkpoint is resumed. Checkpoints (*.pt) are not committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+
+# Fixed before any number was seen: 3 candidates per method (ce has no hyper-parameter), chosen on val, seed 0.
+CANDIDATES: dict[str, list[dict[str, float]]] = {
+    "ce": [{}],
+    "kd": [{"method.confidence": a} for a in (0.7, 0.9, 0.99)],
+    "ls": [{"method.ls_epsilon": e} for e in (0.05, 0.1, 0.2)],
+    "tfkd": [
+        {"method.tfkd_confidence": 0.9, "method.tfkd_temperature": 4.0, "method.tfkd_weight": 0.25},
+        {"method.tfkd_confidence": 0.9, "method.tfkd_temperature": 1.0, "method.tfkd_weight": 1.0},
+        {"method.tfkd_confidence": 0.99, "method.tfkd_temperature": 4.0, "method.tfkd_weight": 0.5},
+    ],
+    "static": [{"method.rate": r} for r in (0.1, 0.2, 0.4)],
+    "ohem": [{"method.ohem_thresh": t} for t in (0.5, 0.7, 0.9)],
+    "cwd": [{"method.cwd_tau": 4.0, "method.cwd_weight": 3.0}, {"method.cwd_tau": 1.0, "method.cwd_weight": 3.0},
+            {"method.cwd_tau": 4.0, "method.cwd_weight": 1.0}],
+    "ddsd": [{"method.confidence": 0.9, "method.r_max": 0.5}, {"method.confidence": 0.99, "method.r_max": 0.5},
+             {"method.confidence": 0.99, "method.r_max": 0.3}],
+}
+SNAPSHOT_METHODS = ("kd", "tfkd", "static", "ddsd")
+
+
+def cand_name(c: dict[str, float]) -> str:
+    return "default" if not c else "_".join(f"{k.split('.')[-1]}={v:g}" for k, v in c.items())
+
+
+def train_cmd(dataset: str, method: str, seed: int, overrides: dict[str, float], out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "ddsd", "train", "--config", str(ROOT / "configs/results" / f"{dataset}.yaml"),
+           "--method", method, "--seed", str(seed), "--out", str(out), "--no-progress"]
+    for k, v in overrides.items():
+        cmd += ["--set", f"{k}={v}"]
+    if seed == 0 and method in SNAPSHOT_METHODS:
+        cmd += ["--set", "train.snapshots=4"]
+    if (out / "checkpoints" / "last.pt").exists():
+        cmd.append("--resume")
+    return cmd
+
+
+def run_all(jobs: list[tuple[list[str], Path]], n: int) -> int:
+    def one(job):
+        cmd, out = job
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "train.log").open("a") as log:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+        print(f"{'ok  ' if rc == 0 else 'FAIL'} {out.relative_to(ROOT)}", flush=True)
+        return rc
+
+    todo = [j for j in jobs if not (j[1] / "summary.json").exists()]
+    print(f"{len(jobs) - len(todo)} finished, {len(todo)} to run", flush=True)
+    with ThreadPoolExecutor(n) as pool:
+        return sum(1 for rc in pool.map(one, todo) if rc)
+
+
+def seeds_of(text: str) -> list[int]:
+    if "-" in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["tune", "select", "grid"])
+    p.add_argument("--datasets", default="sod,crackforest,isbi2012_membrane,camvid")
+    p.add_argument("--methods", default=",".join(CANDIDATES))
+    p.add_argument("--seeds", default="0-4")
+    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
+    a = p.parse_args()
+    datasets, methods = a.datasets.split(","), a.methods.split(",")
+    tuned_path = RESULTS / "tuned.json"
+    if a.stage == "tune":
+        jobs = [(train_cmd(d, m, 0, c, out := RESULTS / "tuning/runs" / d / m / cand_name(c) / "seed0"), out)
+                for d in datasets for m in methods for c in CANDIDATES[m]]
+        return run_all(jobs, a.jobs)
+    if a.stage == "select":
+        tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else {}
+        for d in datasets:
+            for m in methods:
+                scores = []
+                for c in CANDIDATES[m]:
+                    s = RESULTS / "tuning/runs" / d / m / cand_name(c) / "seed0" / "summary.json"
+                    if s.exists():
+                        summ = json.loads(s.read_text())
+                        scores.append((summ["best_val"][summ["main_metric"]], -CANDIDATES[m].index(c), c))
+                if len(scores) == len(CANDIDATES[m]):
+                    val, _, best = max(scores, key=lambda t: (t[0], t[1]))
+                    tuned.setdefault(d, {})[m] = {"overrides": best, "val": val,
+                                                  "candidates": {cand_name(c): v for v, _, c in scores}}
+        tuned_path.write_text(json.dumps(tuned, indent=2) + "\n")
+        print(json.dumps(tuned, indent=2))
+        return 0
+    tuned = json.loads(tuned_path.read_text())
+    jobs = []
+    for d in datasets:
+        for m in methods:
+            if m not in tuned.get(d, {}):
+                print(f"skip {d}/{m}: not tuned yet")
+                continue
+            best = tuned[d][m]["overrides"]
+            for s in seeds_of(a.seeds):
+                out = RESULTS / "grid/runs" / d / m / f"seed{s}"
+                src = RESULTS / "tuning/runs" / d / m / cand_name(best) / "seed0"
+                if s == 0 and (src / "summary.json").exists() and not out.exists():
+                    shutil.copytree(src, out, ignore=shutil.ignore_patterns("*.pt"))  # the same run: reuse it
+                jobs.append((train_cmd(d, m, s, best, out), out))
+    return run_all(jobs, a.jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
