@@ -7,8 +7,9 @@ Variants (all on the same student logits, virtual teacher a = 0.9, T = 1):
   kd-naive  CE + textbook pixel KD: the teacher tensor [B,K,H,W] materialised, F.kl_div over valid pixels
   kd        DDSDLoss with a constant rate 0 (closed-form virtual-teacher KL; the `kd` method of this tool)
   ddsd      DDSDLoss with the Capability schedule at r = 0.5 (difficulty = the same per-pixel KL + selection)
-Time is the median over interleaved repeats; peak memory is the increase of the process's peak RSS (CPU,
-reset through /proc/self/clear_refs) or of torch.cuda.max_memory_allocated (CUDA) over the inputs.
+Time is the median over interleaved repeats; peak memory is the increase of the peak RSS over the inputs,
+measured in a fresh subprocess per variant (CPU: allocator caching makes in-process RSS peaks depend on what
+ran before), or of torch.cuda.max_memory_allocated (CUDA).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -80,14 +83,26 @@ def peak_mb(fn, z, y, device):
     return (_rss_kb("VmHWM") - base) / 1024
 
 
-def bench(shape, device, repeats):
+def make_inputs(shape, device):
     b, k, h, w = shape
     g = torch.Generator().manual_seed(0)
     z = torch.randn(b, k, h, w, generator=g).to(device).requires_grad_(True)
     y = torch.randint(0, k, (b, h, w), generator=g)
     y[torch.rand(b, h, w, generator=g) < 0.05] = 255
-    y = y.to(device)
-    variants = make_variants(k, device)
+    return z, y.to(device)
+
+
+def peak_in_subprocess(shape_text, variant, device):
+    out = subprocess.run(
+        [sys.executable, __file__, "--device", str(device), "--shapes", shape_text, "--_memory-of", variant],
+        capture_output=True, text=True, check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench(shape, shape_text, device, repeats):
+    z, y = make_inputs(shape, device)
+    variants = make_variants(shape[1], device)
     for fn in variants.values():  # warm-up
         run_once(fn, z, y, device)
     times = {name: [] for name in variants}
@@ -95,7 +110,10 @@ def bench(shape, device, repeats):
         for name, fn in variants.items():
             times[name].append(run_once(fn, z, y, device))
     med = {name: statistics.median(t) for name, t in times.items()}
-    mem = {name: peak_mb(fn, z, y, device) for name, fn in variants.items()}
+    if device.type == "cuda":
+        mem = {name: peak_mb(fn, z, y, device) for name, fn in variants.items()}
+    else:
+        mem = {name: peak_in_subprocess(shape_text, name, device) for name in variants}
     return med, mem
 
 
@@ -104,15 +122,21 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--shapes", default="8x11x360x480,4x19x512x1024")
+    p.add_argument("--_memory-of", dest="memory_of", help=argparse.SUPPRESS)
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.memory_of:  # child process: one variant's peak memory
+        shape = tuple(int(v) for v in args.shapes.split("x"))
+        z, y = make_inputs(shape, device)
+        print(peak_mb(make_variants(shape[1], device)[args.memory_of], z, y, device))
+        return
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     print("| shape | variant | fwd+bwd ms | peak MB | time / kd | time / kd-naive | mem / kd | mem / kd-naive |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for s in args.shapes.split(","):
         shape = tuple(int(v) for v in s.split("x"))
-        med, mem = bench(shape, device, args.repeats)
+        med, mem = bench(shape, s, device, args.repeats)
         for v in med:
             print(
                 f"| {s} | {v} | {1000 * med[v]:.1f} | {mem[v]:.0f} | {med[v] / med['kd']:.2f} | "

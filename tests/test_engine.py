@@ -195,3 +195,9 @@ def test_shipped_configs_validate():
     for path in root.rglob("*.yaml"):
         if path.parent.name != "data":
             load_config(path)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_training_on_cpu(tmp_path, amp):
+    summary = train(tiny_cfg(tmp_path / amp, "ddsd", epochs=1, **{"train.amp": amp}))
+    assert 0.0 <= summary["fbeta_max"] <= 1.0 and summary["mae"] == summary["mae"]

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ddsd.compare.cli import compare_command, report_command
 from ddsd.config import METHODS, ConfigError, RunConfig, apply_overrides, load_config
 from ddsd.data.cli import app as data_app
 from ddsd.export import export_command
@@ -31,6 +32,10 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.command("models", help="Parameters, multiply-accumulates and CPU latency of each model.")(models_command)
 app.command("export", help="Export a trained student to ONNX or TorchScript, checked against PyTorch.")(export_command)
+app.command(
+    "compare", help="Compare methods on datasets over seeds (parallel, resumable): runs.csv, table.md, plots."
+)(compare_command)
+app.command("report", help="One self-contained report.html from a ddsd compare directory.")(report_command)
 console = Console(stderr=True)
 
 

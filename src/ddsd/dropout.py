@@ -6,9 +6,9 @@ Given difficulties ``d`` and a rate ``r in [0, 1)``, in each scope unit ``U`` (o
 pixel index (lower index kept first). Invalid pixels are never kept.
 
 Selection is O(N): one k-th value per unit (``torch.kthvalue``, quickselect on CPU, radix select on CUDA)
-plus comparisons and one cumulative sum for ties; no sort, no Python loop over images or pixels.
-Units with different numbers of valid pixels are handled in one batched ``kthvalue`` by padding each row
-with ``-inf`` so that every row's wanted rank becomes the same.
+plus comparisons and, only when ties at the threshold must be split, one cumulative sum; no sort, no Python
+loop over images or pixels. Units with different numbers of kept pixels are handled in one batched
+``kthvalue`` by padding each row with ``-inf`` so that every row's wanted rank becomes the same.
 """
 
 from __future__ import annotations
@@ -71,24 +71,40 @@ def keep_mask(difficulty: Tensor, valid: Tensor, rate: float | Tensor, scope: st
 
 
 def select_keep(difficulty: Tensor, valid: Tensor, rate: float | Tensor, scope: str) -> Tensor:
-    """:func:`keep_mask` without argument checks (for hot paths whose inputs are already validated)."""
+    """:func:`keep_mask` without argument checks (for hot paths whose inputs are already validated).
+
+    Two host syncs: the per-unit keep counts (common fast paths: nothing dropped; every unit keeps the same
+    count, so no padding) and whether ties at the threshold must be split by index (else no cumsum).
+    """
     bsz = difficulty.shape[0]
     rows = 1 if scope == "per_batch" else bsz
     d = difficulty.detach().reshape(rows, -1)
     v = valid.reshape(rows, -1)
+    n_valid = v.sum(1)
+    k = keep_counts(n_valid, rate)  # [rows]
+    k_min, k_max, all_kept = torch.stack([k.min(), k.max(), (k == n_valid).all().long()]).tolist()
+    if all_kept:  # rate 0 (or floor(r|V|) = 0 everywhere): keep every valid pixel
+        return valid.clone()
+    if k_max == 0:
+        return torch.zeros_like(valid)
     inf = torch.tensor(float("inf"), dtype=d.dtype, device=d.device)
     key = torch.where(v, d, inf)
-    k = keep_counts(v.sum(1), rate)  # [rows]
-    # Pad row b with (kmax - k_b) copies of -inf: the kmax-th smallest of the padded row is the k_b-th
-    # smallest of the original row (or -inf when k_b == 0, which keeps nothing).
-    kmax = key.shape[1]
-    col = torch.arange(kmax, device=d.device)
-    pad = torch.where(col.unsqueeze(0) < (kmax - k).unsqueeze(1), -inf, inf)
-    thresh = torch.kthvalue(torch.cat([pad, key], dim=1), kmax, dim=1).values.unsqueeze(1)  # [rows, 1]
+    if k_min == k_max:
+        thresh = torch.kthvalue(key, k_max, dim=1).values.unsqueeze(1)
+    else:
+        # Pad row b with (k_max - k_b) copies of -inf: the k_max-th smallest of the padded row is the
+        # k_b-th smallest of the original row (or -inf when k_b == 0, which keeps nothing).
+        width = k_max - k_min
+        col = torch.arange(width, device=d.device)
+        pad = torch.where(col.unsqueeze(0) < (k_max - k).unsqueeze(1), -inf, inf)
+        thresh = torch.kthvalue(torch.cat([pad, key], dim=1), k_max, dim=1).values.unsqueeze(1)
     below = key < thresh
     ties = v & (key == thresh)
-    need = (k - below.sum(1)).unsqueeze(1)  # how many tied pixels to keep, lowest flat index first
-    keep = below | (ties & (torch.cumsum(ties, dim=1) <= need))
+    need = k - below.sum(1)  # how many tied pixels to keep, lowest flat index first
+    if bool((ties.sum(1) == need).all()):
+        keep = below | ties
+    else:
+        keep = below | (ties & (torch.cumsum(ties, dim=1) <= need.unsqueeze(1)))
     return keep.reshape(difficulty.shape)
 
 

@@ -1,0 +1,394 @@
+"""The grid of a comparison: which runs, their ``ddsd train`` command lines, and their parallel execution.
+
+A run is (dataset, method label, seed); its directory is ``<out>/runs/<dataset>/<label>/seed<k>``. A run
+directory holding ``summary.json`` is finished and skipped; one holding ``checkpoints/last.pt`` but no
+summary was interrupted and is launched with ``--resume``; anything else is started from scratch.
+Each run is a subprocess ``python -m ddsd train ... --no-progress --threads T`` (``T = cpu_count // jobs``)
+whose output goes to ``<rundir>/train.log``; a failed run is reported and the others continue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ddsd.config import METHODS, ConfigError, RunConfig, apply_overrides
+
+__all__ = [
+    "TEACHER_METHODS",
+    "RunResult",
+    "RunSpec",
+    "Variant",
+    "build_plan",
+    "dataset_label",
+    "execute",
+    "parse_methods",
+    "parse_seeds",
+    "run_state",
+]
+
+#: methods whose criterion reads a network teacher's logits (the others would only pay for its forward pass)
+TEACHER_METHODS = frozenset({"kd", "static", "cwd", "ddsd"})
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_KEY_RE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_.]*\s*=")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method column: ``label`` (directory and table name), the ``ddsd train --method`` and its overrides."""
+
+    label: str
+    method: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def is_ddsd(self) -> bool:
+        """Dynamic dropout self-distillation (``ddsd`` itself or a ``label=ddsd,...`` variant)."""
+        return self.method == "ddsd"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"``, ``"0-4"`` or a mix (``"0-2,7"``) -> sorted unique non-negative seeds."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise ValueError(f"bad seed range {part!r} in --seeds {text!r}: the end is below the start")
+            seeds += range(lo, hi + 1)
+        elif part.isdigit():
+            seeds.append(int(part))
+        else:
+            raise ValueError(f"bad seed {part!r} in --seeds {text!r}: expected non-negative integers or ranges "
+                             "like 0-4, separated by commas")
+    if not seeds:
+        raise ValueError(f"--seeds {text!r} names no seed")
+    return sorted(set(seeds))
+
+
+def _split_variant(text: str) -> list[str]:
+    """Split ``label=method,k=v,k=[1, 2]`` on the commas that start a new ``key=`` item."""
+    items: list[str] = []
+    for piece in text.split(","):
+        if items and not _KEY_RE.match(piece):
+            items[-1] += "," + piece
+        else:
+            items.append(piece)
+    return [i.strip() for i in items if i.strip()]
+
+
+def _check_label(label: str, source: str) -> None:
+    if not _LABEL_RE.match(label):
+        raise ValueError(f"bad method label {label!r} in {source}: use letters, digits, '_', '.', '+', '-'")
+
+
+def _check_overrides(overrides: Sequence[str], source: str) -> None:
+    for o in overrides:
+        if o.split("=", 1)[0].strip() in ("method.name", "out", "train.seed", "data.name"):
+            raise ValueError(f"{source}: {o!r} is set by compare itself (method, dataset, seed, run directory)")
+    try:
+        apply_overrides(RunConfig(), list(overrides))
+    except ConfigError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def parse_methods(methods: str | None, variants: Sequence[str] = ()) -> list[Variant]:
+    """``--methods ce,kd,ddsd`` plus repeated ``--variant "label=method,key=value,..."`` -> method columns.
+
+    Unknown methods, malformed or duplicate labels and invalid overrides raise ``ValueError`` naming them.
+    """
+    out: list[Variant] = []
+    for name in (methods or "").split(","):
+        name = name.strip()
+        if not name:
+            continue
+        if "=" in name:
+            raise ValueError(f"--methods item {name!r}: variants with overrides go in --variant \"{name},...\"")
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r} in --methods; valid methods: {', '.join(METHODS)}")
+        out.append(Variant(name, name))
+    for text in variants:
+        items = _split_variant(text)
+        if not items or "=" not in items[0]:
+            raise ValueError(f"bad --variant {text!r}: expected label=method[,section.key=value,...]")
+        label, method = (s.strip() for s in items[0].split("=", 1))
+        _check_label(label, f"--variant {text!r}")
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r} in --variant {text!r}; valid methods: {', '.join(METHODS)}")
+        _check_overrides(items[1:], f"--variant {text!r}")
+        out.append(Variant(label, method, tuple(items[1:])))
+    seen: set[str] = set()
+    for v in out:
+        if v.label in seen:
+            raise ValueError(f"method label {v.label!r} appears twice in --methods/--variant")
+        seen.add(v.label)
+    if not out:
+        raise ValueError(f"no method given; choose from {', '.join(METHODS)} (--methods) or add --variant")
+    return out
+
+
+def dataset_label(name: str) -> str:
+    """The directory / table name of a dataset: the name itself, or the stem of a YAML file or folder path."""
+    p = Path(name)
+    label = p.stem if (p.suffix in (".yaml", ".yml") or len(p.parts) > 1) else name
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", label) or "data"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the grid: what to train and where."""
+
+    dataset: str
+    dataset_label: str
+    variant: Variant
+    seed: int
+    rundir: Path
+    config: Path | None = None
+    teacher: str | None = None
+    epochs: int | None = None
+    size: str | None = None
+    model: str | None = None
+    overrides: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset_label}/{self.variant.label}/seed{self.seed}"
+
+    @property
+    def log(self) -> Path:
+        return self.rundir / "train.log"
+
+    def argv(self, prog: Sequence[str] = ("ddsd",), threads: int | None = None, resume: bool = False) -> list[str]:
+        """The ``ddsd train`` command line of this run (``prog`` replaces ``ddsd``, e.g. ``python -m ddsd``)."""
+        a = [*prog, "train"]
+        if self.config is not None:
+            a += ["--config", str(self.config)]
+        a += ["--method", self.variant.method, "--data", self.dataset, "--seed", str(self.seed),
+              "--out", str(self.rundir)]
+        if self.epochs is not None:
+            a += ["--epochs", str(self.epochs)]
+        if self.size is not None:
+            a += ["--size", self.size]
+        if self.model is not None:
+            a += ["--model", self.model]
+        if self.teacher is not None:
+            a += ["--teacher", self.teacher]
+        a.append("--no-progress")
+        if threads is not None:
+            a += ["--threads", str(threads)]
+        if resume:
+            a.append("--resume")
+        for o in self.overrides:
+            a += ["--set", o]
+        return a
+
+
+def _teacher_for(teachers: Sequence[str], dataset: str, label: str) -> str | None:
+    """``--teacher DATASET=PATH`` for one dataset, else ``--teacher PATH`` (``{dataset}`` replaced by its name)."""
+    generic = None
+    for t in teachers:
+        key, sep, path = t.partition("=")
+        if sep and key in (dataset, label):
+            return path
+        if not (sep and _names_dataset(key)):
+            generic = t
+    return generic.replace("{dataset}", label) if generic else None
+
+
+def _names_dataset(key: str) -> bool:
+    return bool(key) and "/" not in key and "{" not in key and not key.endswith(".pt")
+
+
+def build_plan(
+    variants: Sequence[Variant],
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    out: str | Path,
+    *,
+    teachers: Sequence[str] = (),
+    config_dir: str | Path | None = None,
+    sets: Sequence[str] = (),
+    epochs: int | None = None,
+    size: str | None = None,
+    model: str | None = None,
+    snapshots: int = 4,
+) -> list[RunSpec]:
+    """Every run of the grid, seed-major (all methods and datasets for the first seed come first).
+
+    ``snapshots`` val images (``train.snapshots``) are saved per epoch by the first seed's run of each ddsd
+    method (for the difficulty / dropped-pixel pictures); 0 disables. Global ``sets`` come after it, then
+    the variant's own overrides, so the most specific setting wins.
+    """
+    if not datasets:
+        raise ValueError("no dataset given (--datasets)")
+    _check_overrides(sets, "--set")
+    labels = [dataset_label(d) for d in datasets]
+    for lab in set(labels):
+        if labels.count(lab) > 1:
+            raise ValueError(f"two --datasets map to the same directory name {lab!r}; rename one")
+    for t in teachers:
+        key, sep, _ = t.partition("=")
+        if sep and _names_dataset(key) and key not in datasets and key not in labels:
+            raise ValueError(f"--teacher {t!r} names dataset {key!r}, which is not in --datasets")
+    cdir = Path(config_dir) if config_dir is not None else None
+    if cdir is not None and not cdir.is_dir():
+        raise ValueError(f"--config-dir {str(cdir)!r} is not a directory")
+    root = Path(out) / "runs"
+    plan: list[RunSpec] = []
+    for seed in seeds:
+        for data, lab in zip(datasets, labels, strict=True):
+            cfg = cdir / f"{lab}.yaml" if cdir is not None else None
+            for v in variants:
+                extra = [f"train.snapshots={snapshots}"] if snapshots and v.is_ddsd and seed == seeds[0] else []
+                plan.append(RunSpec(
+                    dataset=data, dataset_label=lab, variant=v, seed=seed, rundir=root / lab / v.label / f"seed{seed}",
+                    config=cfg if cfg is not None and cfg.is_file() else None,
+                    teacher=_teacher_for(teachers, data, lab) if v.method in TEACHER_METHODS else None,
+                    epochs=epochs, size=size, model=model, overrides=(*extra, *sets, *v.overrides),
+                ))
+    return plan
+
+
+def run_state(rundir: Path) -> str:
+    """``done`` (summary.json), ``resume`` (checkpoints/last.pt, no summary) or ``new``."""
+    if (rundir / "summary.json").is_file():
+        return "done"
+    if (rundir / "checkpoints" / "last.pt").is_file():
+        return "resume"
+    return "new"
+
+
+@dataclass
+class RunResult:
+    """What happened to one run: ``skipped`` (already finished), ``ok`` or ``failed`` (see ``log``)."""
+
+    spec: RunSpec
+    status: str
+    returncode: int | None = None
+    seconds: float = 0.0
+
+
+class _Launcher:
+    """Starts run subprocesses and remembers them, so an interruption can stop them all."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.procs: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def run(self, spec: RunSpec) -> RunResult:
+        resume = run_state(spec.rundir) == "resume"
+        argv = spec.argv(prog=(sys.executable, "-m", "ddsd"), threads=self.threads, resume=resume)
+        spec.rundir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads),
+               "MKL_NUM_THREADS": str(self.threads)}
+        t0 = time.perf_counter()
+        with spec.log.open("a") as log:
+            log.write(f"$ {shlex.join(argv)}\n")
+            log.flush()
+            with self.lock:
+                if self.stopping:
+                    return RunResult(spec, "failed", None, 0.0)
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                self.procs.add(proc)
+            try:
+                rc = proc.wait()
+            finally:
+                with self.lock:
+                    self.procs.discard(proc)
+        ok = rc == 0 and run_state(spec.rundir) == "done"
+        return RunResult(spec, "ok" if ok else "failed", rc, time.perf_counter() - t0)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            procs = list(self.procs)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def execute(plan: Sequence[RunSpec], jobs: int = 1, console: Console | None = None,
+            progress: bool = True) -> list[RunResult]:
+    """Run the unfinished runs of ``plan`` with ``jobs`` parallel subprocesses; one progress bar over runs.
+
+    Returns one :class:`RunResult` per run of the plan, in plan order. Ctrl-C stops the running subprocesses
+    (their last checkpoints stay valid, so the next ``ddsd compare`` resumes them) and re-raises.
+    """
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    console = console or Console(stderr=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results: dict[int, RunResult] = {}
+    todo = []
+    for i, spec in enumerate(plan):
+        if run_state(spec.rundir) == "done":
+            results[i] = RunResult(spec, "skipped")
+        else:
+            todo.append(i)
+    launcher = _Launcher(threads)
+    bar = Progress(TextColumn("[bold]compare"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not progress)
+    n_resume = sum(run_state(plan[i].rundir) == "resume" for i in todo)
+    console.print(f"compare: {len(plan)} runs, {len(plan) - len(todo)} already finished, {len(todo)} to run "
+                  f"({n_resume} resumed from their last checkpoint) with {jobs} job(s) x {threads} thread(s)")
+    with bar, ThreadPoolExecutor(max_workers=jobs) as pool:
+        task = bar.add_task("runs", total=len(plan), completed=len(plan) - len(todo), info="")
+        pending: dict[Future, int] = {pool.submit(launcher.run, plan[i]): i for i in todo}
+        failed = 0
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    res = fut.result()
+                    results[i] = res
+                    if res.status == "ok":
+                        bar.console.print(f"{_now()} done   {res.spec.name} ({res.seconds:.1f}s)")
+                    else:
+                        failed += 1
+                        bar.console.print(f"{_now()} [red]FAILED[/] {res.spec.name} (exit {res.returncode}); "
+                                          f"log: {res.spec.log}")
+                    bar.update(task, advance=1, info=f"{failed} failed" if failed else "")
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            launcher.stop()
+            raise
+    return [results[i] for i in range(len(plan))]
+
+
+def write_grid_meta(out: Path, meta: dict) -> None:
+    """Merge ``meta`` into ``<out>/compare.json`` (the grid's command, method order, seeds, timings)."""
+    from ddsd.engine.rundir import write_json
+
+    path = out / "compare.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, {**old, **meta})
