@@ -21,6 +21,7 @@ from ddsd.config import METHODS, ConfigError, RunConfig, apply_overrides, load_c
 from ddsd.data.cli import app as data_app
 from ddsd.export import export_command
 from ddsd.models.cli import models_command, parse_size
+from ddsd.predict import predict_command
 
 app = typer.Typer(
     name="ddsd",
@@ -35,6 +36,7 @@ app.command("export", help="Export a trained student to ONNX or TorchScript, che
 app.command(
     "compare", help="Compare methods on datasets over seeds (parallel, resumable): runs.csv, table.md, plots."
 )(compare_command)
+app.command("predict", help="Predict masks (PNG) for images or folders with a trained checkpoint.")(predict_command)
 app.command("report", help="One self-contained report.html from a ddsd compare directory.")(report_command)
 console = Console(stderr=True)
 
@@ -48,8 +50,10 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config (see configs/)")] = None,
     method: Annotated[str | None, typer.Option(help=f"one of {', '.join(METHODS)}")] = None,
-    data: Annotated[str | None, typer.Option(help="procedural | procedural_binary | sod | crackforest | "
+    data: Annotated[str | None, typer.Option(help="builtin (default) | procedural_binary | sod | crackforest | "
                                              "isbi2012_membrane | camvid | a dataset YAML | a root folder")] = None,
+    data_root: Annotated[str | None, typer.Option(help="folder holding the shipped datasets' folders "
+                                                  "(default $DDSD_DATASETS, else ../shared/datasets)")] = None,
     model: Annotated[str | None, typer.Option(help="simple | unet_small | unet_teacher")] = None,
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -77,8 +81,9 @@ def train(
     try:
         base = load_config(config) if config else RunConfig()
         flags = {
-            "method.name": method, "data.name": data, "model.name": model, "train.epochs": epochs,
-            "train.seed": seed, "teacher": teacher, "train.device": device, "data.batch_size": batch_size,
+            "method.name": method, "data.name": data, "data.root": data_root, "model.name": model,
+            "train.epochs": epochs, "train.seed": seed, "teacher": teacher, "train.device": device,
+            "data.batch_size": batch_size,
             "optim.lr": lr, "train.amp": amp, "train.compile": compile, "train.channels_last": channels_last,
             "data.num_workers": workers, "train.threads": threads,
         }
@@ -137,7 +142,7 @@ def eval_(
             name, k = cfg["model"]["name"], cfg["model"]["num_classes"]
         except (KeyError, TypeError):
             raise ValueError(f"{checkpoint} has no config.model.name / num_classes") from None
-        spec = load_spec(data or cfg["data"]["name"])
+        spec = load_spec(data or cfg["data"]["name"], cfg["data"].get("root"))
         if spec.num_classes != k:
             raise ValueError(f"{checkpoint} predicts {k} classes but dataset '{spec.name}' has {spec.num_classes}")
         hw = parse_size(size) if size else (tuple(cfg["data"]["size"]) if cfg["data"].get("size") else None)

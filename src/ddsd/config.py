@@ -26,7 +26,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    name: str = Field("procedural_binary", description="built-in name, shipped config name, YAML path or root")
+    name: str = Field("builtin", description="builtin | procedural_binary | shipped name | YAML path | root folder")
+    root: str | None = Field(None, description="folder holding the shipped datasets (default: $DDSD_DATASETS, "
+                             "else ../shared/datasets beside the repo)")
     size: tuple[int, int] | None = Field(None, description="training/eval resolution (H, W); None = dataset default")
     batch_size: int = Field(8, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -81,7 +83,7 @@ class OptimConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(20, ge=1)
     seed: int = 0
     device: str = "cpu"
     amp: Literal["none", "bf16", "fp16"] = "none"

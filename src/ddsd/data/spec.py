@@ -190,11 +190,11 @@ def shipped_names() -> list[str]:
     return found or list(SHIPPED_NAMES)
 
 
-def spec_from_yaml(path: str | Path) -> DatasetSpec:
+def spec_from_yaml(path: str | Path, datasets_root: str | Path | None = None) -> DatasetSpec:
     """Read a dataset description from YAML; a relative ``root`` is relative to the YAML file's folder.
 
-    For a file in the shipped configs folder, env ``DDSD_DATASETS`` (a folder holding the dataset folders)
-    replaces the root by ``$DDSD_DATASETS/<name>``.
+    For a file in the shipped configs folder, ``datasets_root`` (else env ``DDSD_DATASETS``), a folder holding
+    the dataset folders, replaces the root by ``<datasets_root>/<name>``.
     """
     path = Path(path)
     try:
@@ -204,7 +204,7 @@ def spec_from_yaml(path: str | Path) -> DatasetSpec:
     if not isinstance(data, dict):
         raise DataError(f"{path}: a dataset description must be a YAML mapping, got {type(data).__name__}")
     data.setdefault("name", path.stem)
-    override = os.environ.get("DDSD_DATASETS")
+    override = str(datasets_root) if datasets_root else os.environ.get("DDSD_DATASETS")
     shipped = configs_dir()
     if override and shipped is not None and path.resolve().parent == shipped.resolve():
         data["root"] = str(Path(override).expanduser() / str(data["name"]))
@@ -236,10 +236,12 @@ def _validate(data: dict[str, Any], source: str) -> DatasetSpec:
         raise DataError(f"{source}: invalid dataset description", lines) from None
 
 
-def load_spec(name_or_path: str | Path = "procedural", **overrides: Any) -> DatasetSpec:
+def load_spec(
+    name_or_path: str | Path = "procedural", datasets_root: str | Path | None = None, **overrides: Any
+) -> DatasetSpec:
     """Resolve a dataset by name, YAML path or root folder.
 
-    - ``"procedural"`` / ``"procedural_binary"``: the built-in sets (no files);
+    - ``"builtin"`` (= ``"procedural"``, 4 classes) / ``"procedural_binary"``: the built-in sets (no files);
     - a shipped name (``camvid``, ``crackforest``, ``isbi2012_membrane``, ``sod``):
       ``configs/data/<name>.yaml``;
     - a path to a ``.yaml``/``.yml`` file;
@@ -248,14 +250,14 @@ def load_spec(name_or_path: str | Path = "procedural", **overrides: Any) -> Data
     ``overrides`` replace fields of the result (e.g. ``size=(128, 128)``; for a root folder also
     ``layout``, ``encoding``, ``void_value`` steer the detection).
     """
-    key = str(name_or_path)
+    key = "procedural" if str(name_or_path) == "builtin" else str(name_or_path)
     if key in PROCEDURAL_NAMES:
         spec = procedural_spec(binary=key == "procedural_binary")
     else:
         shipped = configs_dir()
         path = Path(key).expanduser()
         if shipped is not None and "/" not in key and (shipped / f"{key}.yaml").is_file():
-            spec = spec_from_yaml(shipped / f"{key}.yaml")
+            spec = spec_from_yaml(shipped / f"{key}.yaml", datasets_root)
         elif path.is_file():
             spec = spec_from_yaml(path)
         elif path.is_dir():
@@ -263,7 +265,7 @@ def load_spec(name_or_path: str | Path = "procedural", **overrides: Any) -> Data
 
             return detect_spec(path, **overrides)
         else:
-            valid = ", ".join([*PROCEDURAL_NAMES, *shipped_names()])
+            valid = ", ".join(["builtin", *PROCEDURAL_NAMES, *shipped_names()])
             raise DataError(
                 f"unknown dataset '{key}': not a built-in or shipped name ({valid}), "
                 "an existing YAML file or a dataset folder"

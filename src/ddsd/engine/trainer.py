@@ -123,7 +123,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     device = ctx.device
-    spec = load_spec(cfg.data.name)
+    spec = load_spec(cfg.data.name, cfg.data.root)
     size = tuple(cfg.data.size) if cfg.data.size else None
     train_ds = build_dataset(spec, "train", size, augment=cfg.data.augment, seed=cfg.train.seed,
                              cache_dir=cfg.data.cache_dir)

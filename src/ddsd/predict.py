@@ -1,0 +1,448 @@
+"""Masks for new images from a trained checkpoint: the Python API behind ``ddsd predict``.
+
+Preprocessing is the training one: images are read as ``uint8 [H, W, 3]`` (grey replicated to 3 channels,
+alpha dropped, 16-bit grey rescaled), resized bilinearly with Pillow to the training size (the checkpoint's
+``data.size``, else the dataset's default size as in ``ddsd train``; no resize when neither exists) and
+normalised with the ImageNet mean/std (:func:`ddsd.data.to_tensor`); the logits are resized back bilinearly
+to the image's original size (as ``ddsd eval`` does) and the argmax gives the class ids.
+
+Files written for an input ``<stem>.<ext>`` (in ``--out``):
+
+- ``<stem>.png``: multi-class checkpoints: the class ids as a grey (mode ``L``) PNG, values ``0..K-1``;
+  binary checkpoints (K = 2): the object mask, 255 where the argmax is the positive class, 0 elsewhere.
+  The positive class is the training dataset's ``positive_class`` when ``config["data"]["name"]`` resolves
+  through :func:`ddsd.data.load_spec` to a dataset with the checkpoint's K classes, else 1.
+- ``<stem>_prob.png`` (``--probs``): binary: the object probability ``softmax[positive_class]`` scaled to
+  0-255; multi-class: the confidence of the predicted class (maximum softmax probability) scaled to 0-255.
+- ``<stem>_overlay.png`` (``--overlay``): the image blended 50/50 with a colour per class (the dataset's
+  ``colors`` when it has them, else a fixed palette); binary: only object pixels are tinted.
+
+Every file is written atomically (temporary file + ``os.replace``). Errors:
+
+- before anything is written (:class:`PredictError`): an unreadable or incomplete checkpoint, a missing
+  input path, a folder without images, two inputs with the same output name (stems compared
+  case-insensitively, ``_prob``/``_overlay`` names included), an output that would replace an input;
+- unreadable images (:class:`UnreadableImagesError`): the readable images are all predicted and written
+  first, nothing is written for the bad ones, then one error lists every bad file (the CLI exits with 2).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import typer
+from PIL import Image
+from torch import nn
+
+from ddsd.data.encodings import ReadError, read_image
+from ddsd.data.errors import format_errors
+from ddsd.data.transforms import to_tensor
+from ddsd.engine.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PredictError",
+    "Predictor",
+    "UnreadableImagesError",
+    "collect_inputs",
+    "load_predictor",
+    "predict_command",
+    "predict_paths",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+OVERLAY_ALPHA = 0.5
+_OBJECT_COLOUR = (255, 0, 0)  # binary overlay colour when the dataset defines none
+
+
+class PredictError(ValueError):
+    """Bad checkpoint or inputs; ``errors`` lists every problem (each naming the file or key)."""
+
+    def __init__(self, heading: str, errors: Sequence[str] = ()) -> None:
+        self.heading = heading
+        self.errors: list[str] = list(errors)
+        super().__init__(format_errors(heading, self.errors))
+
+
+class UnreadableImagesError(PredictError):
+    """Some inputs could not be read or predicted; the others were written (``written``)."""
+
+    def __init__(self, errors: Sequence[str], written: Sequence[Path], done: int) -> None:
+        super().__init__(f"{len(errors)} input(s) could not be predicted (nothing written for them)", errors)
+        self.written: list[Path] = list(written)
+        self.done = done
+
+
+def _palette(k: int) -> np.ndarray:
+    """The PASCAL VOC colour map: ``uint8 [k, 3]``, class 0 black, then distinct colours."""
+    out = np.zeros((k, 3), dtype=np.uint8)
+    for i in range(k):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out[i] = (r, g, b)
+    return out
+
+
+@dataclass
+class Predictor:
+    """A trained student ready for inference.
+
+    ``model`` maps ``[1, 3, h, w]`` normalised images to ``[1, K, h, w]`` logits; ``size`` is the ``(H, W)``
+    images are resized to first (None: the image's own size); ``colors`` is ``uint8 [K, 3]``.
+    """
+
+    model: nn.Module
+    num_classes: int
+    size: tuple[int, int] | None
+    positive_class: int = 1
+    class_names: list[str] = field(default_factory=list)
+    colors: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.uint8))
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dataset: str | None = None
+    model_name: str = ""
+    checkpoint: Path | None = None
+
+    @property
+    def is_binary(self) -> bool:
+        """True for K = 2 (masks are written as 0/255 object masks)."""
+        return self.num_classes == 2
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Segment one image.
+
+        Args:
+            image: ``uint8 [H, W, 3]`` RGB, or ``uint8 [H, W]`` grey (replicated to 3 channels);
+                ``[H, W, 1]`` and ``[H, W, 4]`` (alpha dropped) are accepted too.
+
+        Returns:
+            ``(ids, probs)``: class ids ``uint8 [H, W]`` (argmax) and softmax probabilities
+            ``float32 [K, H, W]``, both at the input's size.
+        """
+        rgb = _as_rgb(image)
+        h, w = rgb.shape[:2]
+        if self.size is not None and (h, w) != tuple(self.size):
+            rgb = np.asarray(
+                Image.fromarray(rgb).resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR), dtype=np.uint8
+            )
+        x = to_tensor(rgb)[None].to(self.device)
+        logits = self.model(x).float()  # [1, K, h', w']
+        if tuple(logits.shape[-2:]) != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        ids = logits[0].argmax(0).to(torch.uint8)
+        probs = torch.softmax(logits[0], dim=0)
+        return ids.cpu().numpy(), probs.cpu().numpy().astype(np.float32, copy=False)
+
+    def mask_png(self, ids: np.ndarray) -> np.ndarray:
+        """What ``<stem>.png`` holds: ``uint8 [H, W]``; binary: 0/255 object mask, else the class ids."""
+        if self.is_binary:
+            return np.where(ids == self.positive_class, 255, 0).astype(np.uint8)
+        return ids.astype(np.uint8, copy=False)
+
+    def prob_png(self, ids: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """What ``<stem>_prob.png`` holds: ``uint8 [H, W]``, object probability (binary) or confidence x 255."""
+        p = probs[self.positive_class] if self.is_binary else probs.max(axis=0)
+        return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
+
+    def overlay(self, image: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """The image ``[H, W(, 3)]`` blended with the class colours: ``uint8 [H, W, 3]``."""
+        rgb = _as_rgb(image).astype(np.float32)
+        colour = self.colors[ids].astype(np.float32)
+        tint = (ids == self.positive_class) if self.is_binary else np.ones(ids.shape, dtype=bool)
+        blended = np.where(tint[..., None], (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colour, rgb)
+        return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[..., :3]
+    if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"expected an image of shape [H, W, 3] or [H, W], got {list(np.shape(image))}")
+    return np.ascontiguousarray(a)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """Rebuild the student of a ``ddsd train`` checkpoint for inference.
+
+    Reads ``state["model"]`` (state_dict; ``module.``/``_orig_mod.`` prefixes removed),
+    ``state["config"]["model"]["name"]`` and ``["num_classes"]`` (required), ``state["config"]["data"]["size"]``
+    (``[H, W]`` or an int for a square) and ``state["config"]["data"]["name"]`` (optional: positive class, class
+    names and colours when it resolves through :func:`ddsd.data.load_spec` to a dataset with K classes).
+    When ``data.size`` is None or absent the input size is the one training used: the dataset's own ``size``
+    (procedural sets: 64x64); without one either (or an unresolvable dataset) images are not resized.
+    The file is loaded with ``weights_only=True``.
+
+    Raises:
+        PredictError: the file is missing or unreadable, a key is missing or malformed, the model is unknown,
+            the weights do not fit it, or ``device`` is not usable (the message names the file / key).
+    """
+    from ddsd.models import create_model
+    from ddsd.models.teacher import _strip_prefixes
+
+    path = Path(checkpoint)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        raise PredictError(str(e)) from None
+
+    def require(mapping: Any, key: str, where: str) -> Any:
+        if not isinstance(mapping, Mapping) or key not in mapping:
+            raise PredictError(f"checkpoint {path} is missing key {where}")
+        return mapping[key]
+
+    config = require(state, "config", "'config'")
+    model_cfg = require(config, "model", "config['model']")
+    name = require(model_cfg, "name", "config['model']['name']")
+    k = require(model_cfg, "num_classes", "config['model']['num_classes']")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise PredictError(f"checkpoint {path}: config['model']['num_classes'] must be an int >= 2, got {k!r}")
+    data_cfg = config.get("data") or {}
+    if not isinstance(data_cfg, Mapping):
+        raise PredictError(f"checkpoint {path}: config['data'] must be a mapping, got {type(data_cfg).__name__}")
+    size = _parse_config_size(data_cfg.get("size"), path)
+    dataset = data_cfg.get("name")
+
+    try:
+        model = create_model(str(name), k)
+    except (ValueError, KeyError) as e:
+        raise PredictError(f"checkpoint {path}: config['model']['name']: {e}") from None
+    weights = state["model"]
+    if not isinstance(weights, Mapping):
+        raise PredictError(f"checkpoint {path}: 'model' must be a state_dict, got {type(weights).__name__}")
+    try:
+        model.load_state_dict(_strip_prefixes(weights), strict=True)
+    except RuntimeError as e:
+        raise PredictError(f"checkpoint {path}: weights do not match model {name!r} with {k} classes: {e}") from None
+    try:
+        dev = torch.device(device)
+        model = model.to(dev).eval()
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise PredictError(f"device {device!r} is not usable: {e}") from None
+
+    positive, names, colors = 1, [f"class_{i}" for i in range(k)], _palette(k)
+    spec = _resolve_spec(dataset, k)
+    if size is None and spec is not None:  # data.size None: training used the dataset's default size
+        size = tuple(spec.size) if spec.size else ((64, 64) if spec.layout == "procedural" else None)
+    if spec is not None:
+        positive = spec.positive_class if spec.positive_class is not None else 1
+        names = list(spec.class_names)
+        for c, rgb in spec.colors.items():
+            colors[c] = rgb
+    if k == 2 and (spec is None or positive not in spec.colors):
+        colors[positive] = _OBJECT_COLOUR
+    return Predictor(model=model, num_classes=k, size=size, positive_class=positive, class_names=names,
+                     colors=colors, device=dev, dataset=None if dataset is None else str(dataset),
+                     model_name=str(name), checkpoint=path)
+
+
+def _parse_config_size(size: Any, path: Path) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    ok = (isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size))
+    if not ok:
+        raise PredictError(f"checkpoint {path}: config['data']['size'] must be [H, W] positive ints or None, "
+                           f"got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _resolve_spec(dataset: Any, k: int) -> Any:
+    """The training dataset's :class:`DatasetSpec` when it resolves and has ``k`` classes, else None."""
+    if not dataset:
+        return None
+    from ddsd.data import load_spec
+
+    try:
+        spec = load_spec(str(dataset))
+    except Exception:  # any failure (moved folder, bad YAML, ...) means: use the defaults
+        return None
+    return spec if spec.num_classes == k else None
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files in the given order; a folder contributes its image files (``IMAGE_SUFFIXES``, any case), sorted,
+    non-recursive, hidden files skipped. Raises :class:`PredictError` listing every missing path and empty
+    folder, or when there is no input at all."""
+    files: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir()
+                           if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            problems.append(f"{p}: no such file or folder")
+    if problems:
+        raise PredictError("bad inputs (nothing written)", problems)
+    if not files:
+        raise PredictError("no input images given")
+    return files
+
+
+def _plan(files: list[Path], out: Path, save_probs: bool, overlay: bool) -> list[list[Path]]:
+    """Output paths of each file; raises :class:`PredictError` on name clashes or outputs replacing inputs."""
+    tags = ["", *(["_prob"] if save_probs else []), *(["_overlay"] if overlay else [])]
+    plan = [[out / f"{f.stem}{tag}.png" for tag in tags] for f in files]
+    owner: dict[str, Path] = {}
+    problems: list[str] = []
+    for f, targets in zip(files, plan, strict=True):
+        for t in targets:
+            key = t.name.casefold()
+            if key in owner and owner[key] != f:
+                problems.append(f"{f} and {owner[key]} would both write {t}")
+            owner.setdefault(key, f)
+    resolved_inputs = {f.resolve() for f in files}
+    problems += [f"{t} would overwrite an input image" for targets in plan for t in targets
+                 if t.resolve() in resolved_inputs]
+    if problems:
+        raise PredictError("output name clash (nothing written; rename the inputs or use another --out)", problems)
+    return plan
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def predict_paths(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    save_probs: bool = False,
+    overlay: bool = False,
+) -> list[Path]:
+    """Predict every input image (files or folders, see :func:`collect_inputs`) and write the PNGs to ``out``.
+
+    Writes ``<out>/<stem>.png`` (+ ``<stem>_prob.png`` with ``save_probs``, ``<stem>_overlay.png`` with
+    ``overlay``); see the module docstring for their content. Returns the written paths in input order.
+
+    Raises:
+        PredictError: before anything is written: missing inputs, empty folders, name clashes, ``out`` is a
+            file.
+        UnreadableImagesError: after every readable image was written: the images that could not be read or
+            predicted (nothing written for them); ``.written`` holds the paths written.
+    """
+    out = Path(out)
+    files = collect_inputs(inputs)
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out} exists and is not a folder")
+    plan = _plan(files, out, save_probs, overlay)
+    written: list[Path] = []
+    problems: list[str] = []
+    done = 0
+    for f, targets in zip(files, plan, strict=True):
+        try:
+            image = read_image(f)
+        except ReadError as e:
+            problems.append(str(e))
+            continue
+        try:
+            ids, probs = predictor.predict(image)
+        except RuntimeError as e:
+            problems.append(f"{f}: prediction failed ({type(e).__name__}: {e})")
+            continue
+        arrays = [predictor.mask_png(ids)]
+        if save_probs:
+            arrays.append(predictor.prob_png(ids, probs))
+        if overlay:
+            arrays.append(predictor.overlay(image, ids))
+        for target, array in zip(targets, arrays, strict=True):
+            atomic_write_bytes(target, _png(array))
+            written.append(target)
+        done += 1
+    if problems:
+        raise UnreadableImagesError(problems, written, done)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def predict_command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="a checkpoint written by ddsd train")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="image files and/or folders (their .png/.jpg/.jpeg/.bmp/.tif files, not recursive)",
+                       show_default=False, metavar="INPUT"),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the masks (<stem>.png), created if needed")],
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | mps")] = "cpu",
+    probs: Annotated[
+        bool, typer.Option("--probs", help="also write <stem>_prob.png: object probability (binary) or "
+                           "confidence (multi-class), 0-255")
+    ] = False,
+    overlay: Annotated[
+        bool, typer.Option("--overlay", help="also write <stem>_overlay.png: the image tinted per class")
+    ] = False,
+) -> None:
+    """Predict masks for images with a trained checkpoint.
+
+    Writes <stem>.png per image: class ids 0..K-1, or for binary checkpoints a 0/255 mask of the object class.
+
+    Images are preprocessed as in training; masks have each image's own size.
+
+    Bad inputs, clashing names or a bad checkpoint stop before anything is written (exit 2).
+
+    Unreadable images are reported together after the readable ones are written (exit 2).
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console, err = Console(), Console(stderr=True)
+    try:
+        predictor = load_predictor(checkpoint, device)
+        written = predict_paths(predictor, inputs, out, save_probs=probs, overlay=overlay)
+        failure: UnreadableImagesError | None = None
+        done = len(written) // (1 + probs + overlay)
+    except UnreadableImagesError as e:
+        failure, written, done = e, e.written, e.done
+    except PredictError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+    table = Table(title="ddsd predict", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    kind = f"binary (0/255 mask of class {predictor.positive_class})" if predictor.is_binary else "class ids"
+    table.add_row("checkpoint", escape(str(checkpoint)))
+    table.add_row("model", f"{predictor.model_name}, {predictor.num_classes} classes, {kind}")
+    table.add_row("input size", "original" if predictor.size is None else f"{predictor.size[0]}x{predictor.size[1]}")
+    table.add_row("images", f"{done} predicted" + (f", {len(failure.errors)} failed" if failure else ""))
+    table.add_row("output", f"{escape(str(out))} ({len(written)} files)")
+    console.print(table)
+    if failure is not None:
+        err.print(f"[bold red]error:[/] {escape(str(failure))}", soft_wrap=True)
+        raise typer.Exit(2)
