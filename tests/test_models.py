@@ -269,7 +269,7 @@ def test_load_teacher_wrong_weights(tmp_path) -> None:
     ckpt = _checkpoint(create_model("simple", 2), "unet_small", 2)
     path = tmp_path / "mismatch.pt"
     torch.save(ckpt, path)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=r"mismatch\.pt: weights do not match model 'unet_small'"):
         load_teacher(path)
 
 

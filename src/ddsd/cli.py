@@ -131,24 +131,18 @@ def eval_(
     """Score a checkpoint on a split with the field's metrics."""
     from ddsd.data import build_dataset, load_spec
     from ddsd.data.errors import DataError
-    from ddsd.engine import CheckpointError, evaluate, load_checkpoint
+    from ddsd.engine import CheckpointError, evaluate
     from ddsd.engine.rundir import write_json
-    from ddsd.models import create_model
+    from ddsd.models.loading import load_model
 
     try:
-        state = load_checkpoint(checkpoint)
-        cfg = state.get("config") or {}
-        try:
-            name, k = cfg["model"]["name"], cfg["model"]["num_classes"]
-        except (KeyError, TypeError):
-            raise ValueError(f"{checkpoint} has no config.model.name / num_classes") from None
+        model, cfg = load_model(checkpoint)
+        k = cfg["model"]["num_classes"]
         spec = load_spec(data or cfg["data"]["name"], cfg["data"].get("root"))
         if spec.num_classes != k:
             raise ValueError(f"{checkpoint} predicts {k} classes but dataset '{spec.name}' has {spec.num_classes}")
         hw = parse_size(size) if size else (tuple(cfg["data"]["size"]) if cfg["data"].get("size") else None)
         ds = build_dataset(spec, split, hw, augment=False, cache_dir=cfg["data"].get("cache_dir"))
-        model = create_model(name, k)
-        model.load_state_dict(state["model"])
         metrics = evaluate(model.to(device), ds, device, batch_size)
     except (DataError, CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
         raise _fail(str(e)) from None

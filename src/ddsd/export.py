@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import pickle
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,8 +39,7 @@ import torch
 import typer
 from torch import nn
 
-from .models.registry import create_model
-from .models.teacher import _strip_prefixes
+from .models.loading import load_model
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -213,40 +211,7 @@ def load_student(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         ValueError: the file is not readable as a checkpoint, lacks a required key (the message names the
             file and the key), names an unknown model, or its weights do not fit the configured model.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"checkpoint {path} is not a dict (got {type(ckpt).__name__})")
-
-    def require(mapping: Any, key: str, where: str) -> Any:
-        if not isinstance(mapping, Mapping) or key not in mapping:
-            raise ValueError(f"checkpoint {path} is missing key {where}")
-        return mapping[key]
-
-    state_dict = require(ckpt, "model", "'model' (the student state_dict)")
-    config = require(ckpt, "config", "'config'")
-    model_cfg = require(config, "model", "config['model']")
-    name = require(model_cfg, "name", "config['model']['name']")
-    num_classes = require(model_cfg, "num_classes", "config['model']['num_classes']")
-    kwargs = model_cfg.get("kwargs") or {}
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"checkpoint {path}: 'model' must be a state_dict mapping, got {type(state_dict).__name__}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise ValueError(f"checkpoint {path}: config['model']['num_classes'] must be an int, got {num_classes!r}")
-    try:
-        model = create_model(str(name), num_classes, **dict(kwargs))
-    except ValueError as exc:
-        raise ValueError(f"checkpoint {path}: {exc}") from None
-    try:
-        model.load_state_dict(_strip_prefixes(state_dict), strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path}: weights do not match model {name!r}: {exc}") from None
-    return model.eval(), dict(config)
+    return load_model(checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------- export

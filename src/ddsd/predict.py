@@ -44,7 +44,7 @@ from torch import nn
 from ddsd.data.encodings import ReadError, read_image
 from ddsd.data.errors import format_errors
 from ddsd.data.transforms import to_tensor
-from ddsd.engine.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
+from ddsd.engine.checkpoint import atomic_write_bytes
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -197,43 +197,21 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -
         PredictError: the file is missing or unreadable, a key is missing or malformed, the model is unknown,
             the weights do not fit it, or ``device`` is not usable (the message names the file / key).
     """
-    from ddsd.models import create_model
-    from ddsd.models.teacher import _strip_prefixes
+    from ddsd.models.loading import load_model
 
     path = Path(checkpoint)
     try:
-        state = load_checkpoint(path)
-    except CheckpointError as e:
+        model, config = load_model(path)
+    except (FileNotFoundError, ValueError) as e:
         raise PredictError(str(e)) from None
-
-    def require(mapping: Any, key: str, where: str) -> Any:
-        if not isinstance(mapping, Mapping) or key not in mapping:
-            raise PredictError(f"checkpoint {path} is missing key {where}")
-        return mapping[key]
-
-    config = require(state, "config", "'config'")
-    model_cfg = require(config, "model", "config['model']")
-    name = require(model_cfg, "name", "config['model']['name']")
-    k = require(model_cfg, "num_classes", "config['model']['num_classes']")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise PredictError(f"checkpoint {path}: config['model']['num_classes'] must be an int >= 2, got {k!r}")
+    k = int(config["model"]["num_classes"])
+    if k < 2:
+        raise PredictError(f"checkpoint {path}: config['model']['num_classes'] must be >= 2, got {k!r}")
     data_cfg = config.get("data") or {}
     if not isinstance(data_cfg, Mapping):
         raise PredictError(f"checkpoint {path}: config['data'] must be a mapping, got {type(data_cfg).__name__}")
     size = _parse_config_size(data_cfg.get("size"), path)
     dataset = data_cfg.get("name")
-
-    try:
-        model = create_model(str(name), k)
-    except (ValueError, KeyError) as e:
-        raise PredictError(f"checkpoint {path}: config['model']['name']: {e}") from None
-    weights = state["model"]
-    if not isinstance(weights, Mapping):
-        raise PredictError(f"checkpoint {path}: 'model' must be a state_dict, got {type(weights).__name__}")
-    try:
-        model.load_state_dict(_strip_prefixes(weights), strict=True)
-    except RuntimeError as e:
-        raise PredictError(f"checkpoint {path}: weights do not match model {name!r} with {k} classes: {e}") from None
     try:
         dev = torch.device(device)
         model = model.to(dev).eval()
@@ -253,7 +231,7 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -
         colors[positive] = _OBJECT_COLOUR
     return Predictor(model=model, num_classes=k, size=size, positive_class=positive, class_names=names,
                      colors=colors, device=dev, dataset=None if dataset is None else str(dataset),
-                     model_name=str(name), checkpoint=path)
+                     model_name=str(config["model"]["name"]), checkpoint=path)
 
 
 def _parse_config_size(size: Any, path: Path) -> tuple[int, int] | None:

@@ -17,16 +17,13 @@ call it directly on each rank.
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import create_model
+from .loading import load_model
 
 __all__ = ["FrozenTeacher", "load_teacher"]
 
@@ -64,22 +61,6 @@ class FrozenTeacher(nn.Module):
         return logits
 
 
-def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from state-dict keys."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        k = key
-        changed = True
-        while changed:
-            changed = False
-            for prefix in ("module.", "_orig_mod."):
-                if k.startswith(prefix):
-                    k = k[len(prefix) :]
-                    changed = True
-        out[k] = value
-    return out
-
-
 def load_teacher(
     checkpoint_path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True
 ) -> FrozenTeacher:
@@ -101,32 +82,5 @@ def load_teacher(
         ValueError: the file is not such a checkpoint dict, or a required key is missing (the message
             names the file and the key).
     """
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"could not load teacher checkpoint {path} with weights_only={weights_only}: {exc}. "
-            "If the file is trusted, call load_teacher(..., weights_only=False)."
-        ) from exc
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"teacher checkpoint {path} is not a dict (got {type(ckpt).__name__})")
-
-    def require(mapping: Any, key: str, where: str) -> Any:
-        if not isinstance(mapping, Mapping) or key not in mapping:
-            raise ValueError(f"teacher checkpoint {path} is missing key {where}")
-        return mapping[key]
-
-    state_dict = require(ckpt, "model", "'model' (the state_dict)")
-    config = require(ckpt, "config", "'config'")
-    model_cfg = require(config, "model", "config['model']")
-    name = require(model_cfg, "name", "config['model']['name']")
-    num_classes = require(model_cfg, "num_classes", "config['model']['num_classes']")
-    kwargs = model_cfg.get("kwargs") or {}
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"teacher checkpoint {path}: 'model' must be a state_dict mapping")
-    net = create_model(str(name), int(num_classes), **dict(kwargs))
-    net.load_state_dict(_strip_prefixes(state_dict), strict=True)
-    return FrozenTeacher(net).to(map_location)
+    model, _ = load_model(checkpoint_path, map_location=map_location, weights_only=weights_only)
+    return FrozenTeacher(model).to(map_location)
