@@ -41,6 +41,22 @@ def test_capability_rate_goes_down_as_accuracy_goes_up():
     assert high.rate == 0.05
 
 
+def test_relative_capability_moves_a_low_accuracy_student_off_r_max():
+    absolute = Capability(r_max=0.5, momentum=0.0)
+    relative = Capability(r_max=0.5, momentum=0.0, relative=True)
+    for acc in (0.2, 0.3, 0.4):  # mean class accuracy stays below 0.5, as on 11-class CamVid
+        absolute.step(acc)
+        relative.step(acc)
+    assert absolute.rate == 0.5
+    assert relative.effective_capability == pytest.approx((0.4 - 0.2) / 0.8)
+    assert relative.rate == 0.5  # 1 - 0.25 is above r_max
+    relative.step(0.8)
+    assert relative.rate == pytest.approx(1 - (0.8 - 0.2) / 0.8)
+    copy = Capability(r_max=0.5, momentum=0.0, relative=True)
+    copy.load_state_dict(relative.state_dict())
+    assert copy.rate == relative.rate
+
+
 def test_capability_ema_formula():
     s = Capability(beta=2.0, r_max=0.9, momentum=0.9)
     s.step(0.5)

@@ -27,7 +27,7 @@ __all__ = ["build_criterion", "build_schedule"]
 def build_schedule(m: MethodConfig, total_steps: int) -> RateSchedule:
     """The dropout-rate schedule of a ``ddsd`` run from its config."""
     if m.schedule == "capability":
-        return Capability(m.beta, m.r_min, m.r_max, m.momentum, m.capability_metric)
+        return Capability(m.beta, m.r_min, m.r_max, m.momentum, m.capability_metric, m.capability_relative)
     if m.schedule == "constant":
         return Constant(m.rate)
     if m.schedule == "threshold":

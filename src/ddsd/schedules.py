@@ -141,6 +141,10 @@ class Capability(RateSchedule):
         momentum: EMA momentum ``m`` in ``[0, 1)``: ``c <- m c + (1 - m) acc``.
         metric: ``"mean_class_acc"`` (mean per-class accuracy over the classes present in the batch; the
             default, because plain pixel accuracy saturates at once on imbalanced data) or ``"pixel_acc"``.
+        relative: use the capability relative to the first measurement ``c0``,
+            ``c_rel = max(0, (c - c0) / (1 - c0))`` (the fraction of its initial gap the student has closed),
+            so that a student whose accuracy stays low in absolute terms (many classes) still moves the rate
+            from ``r_max`` towards ``r_min`` as it improves.
     """
 
     needs_capability = True
@@ -152,8 +156,11 @@ class Capability(RateSchedule):
         r_max: float = 0.5,
         momentum: float = 0.9,
         metric: str = "mean_class_acc",
+        relative: bool = False,
     ) -> None:
         super().__init__()
+        self.relative = bool(relative)
+        self._initial: float | None = None
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta!r}")
         self.beta = float(beta)
@@ -175,9 +182,16 @@ class Capability(RateSchedule):
         return self._capability
 
     @property
-    def rate(self) -> float:
+    def effective_capability(self) -> float:
+        """The ``c`` the rate uses: the EMA, or with ``relative`` the share of the initial gap closed."""
         c = 0.0 if self._capability is None else self._capability
-        return min(max(self.beta * (1.0 - c), self.r_min), self.r_max)
+        if self.relative and self._initial is not None:
+            c = max(0.0, (c - self._initial) / (1.0 - self._initial)) if self._initial < 1.0 else 1.0
+        return c
+
+    @property
+    def rate(self) -> float:
+        return min(max(self.beta * (1.0 - self.effective_capability), self.r_min), self.r_max)
 
     def step(self, capability: float | None = None) -> None:
         super().step()
@@ -187,16 +201,17 @@ class Capability(RateSchedule):
         if not 0.0 <= acc <= 1.0:
             raise ValueError(f"capability (an accuracy) must be in [0, 1], got {capability!r}")
         if self._capability is None:
-            self._capability = acc
+            self._capability = self._initial = acc
         else:
             self._capability = self.momentum * self._capability + (1.0 - self.momentum) * acc
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "capability": self._capability}
+        return {**super().state_dict(), "capability": self._capability, "initial": self._initial}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._capability = state["capability"]
+        self._initial = state.get("initial")
 
 
 class Threshold(RateSchedule):
