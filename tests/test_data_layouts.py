@@ -90,10 +90,10 @@ def test_rgb_masks_with_colour_map(tmp_path: Path) -> None:
 
 def test_binary_threshold_and_one_bit_masks(tmp_path: Path) -> None:
     spec = _spec(tmp_path, encoding="binary", class_names=["bg", "obj"])
-    raw = np.array([[0, 127, 128, 255]], dtype=np.uint8)
+    raw = np.array([[0, 127, 128, 129, 255]], dtype=np.uint8)
     dec = decode_mask(raw, spec, "m.png")
-    np.testing.assert_array_equal(dec.ids, [[0, 0, 1, 1]])
-    assert dec.inbetween == 2 and not dec.errors
+    np.testing.assert_array_equal(dec.ids, [[0, 0, 0, 1, 1]])  # object = value > 128, as pysodmetrics
+    assert dec.inbetween == 3 and not dec.errors
     one_bit = Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).convert("1")
     one_bit.save(tmp_path / "b.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "b.png", spec).ids, [[0, 1], [1, 0]])

@@ -204,3 +204,25 @@ def test_shipped_configs_validate():
 def test_mixed_precision_training_on_cpu(tmp_path, amp):
     summary = train(tiny_cfg(tmp_path / amp, "ddsd", epochs=1, **{"train.amp": amp}))
     assert 0.0 <= summary["fbeta_max"] <= 1.0 and summary["mae"] == summary["mae"]
+
+
+def test_resume_refuses_other_settings_and_saves_resolved_config(tmp_path):
+    train(tiny_cfg(tmp_path / "r", epochs=1, **{"data.size": None}))
+    saved = load_checkpoint(tmp_path / "r/checkpoints/last.pt")["config"]
+    assert saved["data"]["size"] == [64, 64]  # the dataset's default size, resolved and saved
+    assert saved["dataset"]["positive_class"] == 1 and saved["dataset"]["class_names"][1] == "object"
+    (tmp_path / "r/summary.json").unlink()
+    with pytest.raises(ConfigError, match=r"method.r_max: 0.5 -> 0.3"):
+        train(tiny_cfg(tmp_path / "r", epochs=2, **{"data.size": None, "method.r_max": 0.3}), resume=True)
+    assert train(tiny_cfg(tmp_path / "r", epochs=2, **{"data.size": None}), resume=True)["epochs"] == 2
+
+
+def test_teacher_only_for_methods_that_use_one_and_overwrite_safety(tmp_path):
+    with pytest.raises(ValueError, match="does not use a network teacher"):
+        train(tiny_cfg(tmp_path / "t", "ls", epochs=1, teacher=str(tmp_path / "x.pt")))
+    keep = tmp_path / "precious"
+    keep.mkdir()
+    (keep / "thesis.tex").write_text("do not delete")
+    r = CliRunner().invoke(app, ["train", "--out", str(keep), "--overwrite", "--epochs", "1", "--no-progress"])
+    assert r.exit_code == 2 and "refuses to delete" in r.output
+    assert (keep / "thesis.tex").is_file()

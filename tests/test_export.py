@@ -267,7 +267,8 @@ def test_parse_size() -> None:
     assert parse_size("360x480") == (360, 480)
     assert parse_size(" 64X96 ") == (64, 96)
     assert parse_size(None) is None
-    for bad in ["360", "axb", "0x5", "3x4x5", "-2x4", ""]:
+    assert parse_size("360") == (360, 360)  # the same rules as every other --size
+    for bad in ["axb", "0x5", "3x4x5", "-2x4", ""]:
         with pytest.raises(typer.BadParameter, match="HxW"):
             parse_size(bad)
 

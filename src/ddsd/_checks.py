@@ -23,7 +23,7 @@ def check_finite(name: str, tensor: Tensor) -> None:
         bad = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
         raise ValueError(
             f"{name} contains {bad} values; the loss would be {bad}. Check the learning rate / AMP scaling, "
-            "or pass check_finite=False to skip this check."
+            "or pass check_inputs=False to skip this check."
         )
 
 

@@ -66,9 +66,9 @@ class _PlainCriterion(nn.Module):
             hits = torch.bincount(torch.where(correct, y0, k).flatten(), minlength=k + 1)[:k]
             present = counts > 0
             stats = {
-                "rate": torch.zeros((), dtype=torch.float64),
-                "kept_fraction": torch.ones((), dtype=torch.float64),
-                "capability": torch.full((), float("nan")),
+                "rate": z.new_zeros((), dtype=torch.float64),
+                "kept_fraction": z.new_ones((), dtype=torch.float64),
+                "capability": z.new_full((), float("nan")),
                 "pixel_acc": correct.sum().double() / n_valid,
                 "mean_class_acc": ((hits.double() / counts.clamp_min(1)) * present).sum() / present.sum().clamp_min(1),
                 **extra,
@@ -91,7 +91,7 @@ class LabelSmoothingLoss(_PlainCriterion):
     def _loss(self, z, log_p, ce_pix, y0, valid, teacher_logits):
         smooth = -log_p.mean(1)
         loss = _masked_mean((1.0 - self.epsilon) * ce_pix + self.epsilon * smooth, valid)
-        return loss, {"ce": _masked_mean(ce_pix, valid).detach(), "kd": torch.zeros(())}
+        return loss, {"ce": _masked_mean(ce_pix, valid).detach(), "kd": z.new_zeros(())}
 
 
 class OHEMLoss(_PlainCriterion):
@@ -113,7 +113,7 @@ class OHEMLoss(_PlainCriterion):
         keep = valid & ((d > -torch.log(torch.tensor(self.thresh))) | hardest)
         loss = _masked_mean(ce_pix, keep)
         n_valid = valid.sum().clamp_min(1).double()
-        return loss, {"ce": loss.detach(), "kd": torch.zeros(()), "ohem_kept_fraction": keep.sum().double() / n_valid}
+        return loss, {"ce": loss.detach(), "kd": z.new_zeros(()), "ohem_kept_fraction": keep.sum().double() / n_valid}
 
 
 class CWDLoss(_PlainCriterion):
@@ -137,7 +137,7 @@ class CWDLoss(_PlainCriterion):
     def _loss(self, z, log_p, ce_pix, y0, valid, teacher_logits):
         b, k, h, w = z.shape
         if teacher_logits is None:
-            zt = virtual_teacher(y0, k, self.confidence).log()
+            zt = virtual_teacher(y0, k, self.confidence).clamp_min(torch.finfo(torch.float32).tiny).log()
         else:
             check_logits("teacher_logits", teacher_logits)
             zt = teacher_logits.detach().float()

@@ -61,7 +61,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="delete an existing run in --out first")] = False,
     teacher: Annotated[str | None, typer.Option(help="checkpoint of a network teacher trained by ddsd")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | mps")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     size: Annotated[str | None, typer.Option(help="training/eval resolution HxW")] = None,
@@ -98,9 +98,13 @@ def train(
         if out is not None:
             cfg = apply_overrides(cfg, [f"out={json.dumps(out)}"])
         if overwrite and Path(cfg.out).exists():
-            shutil.rmtree(cfg.out)
+            target = Path(cfg.out)
+            if any(target.iterdir()) and not ((target / "config.yaml").is_file() or (target / "checkpoints").is_dir()):
+                raise ValueError(f"--overwrite refuses to delete {target}: it does not look like a ddsd run directory")
+            shutil.rmtree(target)
         summary = run_train(cfg, resume=resume, console=console)
-    except (ConfigError, DataError, RunExistsError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError, RunExistsError, CheckpointError, FileNotFoundError, ValueError,
+            RuntimeError) as e:
         raise _fail(str(e)) from None
     _print_summary(summary, cfg.out)
 
@@ -144,7 +148,7 @@ def eval_(
         hw = parse_size(size) if size else (tuple(cfg["data"]["size"]) if cfg["data"].get("size") else None)
         ds = build_dataset(spec, split, hw, augment=False, cache_dir=cfg["data"].get("cache_dir"))
         metrics = evaluate(model.to(device), ds, device, batch_size)
-    except (DataError, CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
+    except (DataError, CheckpointError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         raise _fail(str(e)) from None
     t = Table(title=f"{checkpoint} on {spec.name}/{split} ({metrics['num_images']} images)")
     t.add_column("metric")

@@ -46,7 +46,7 @@ class MethodConfig(_Strict):
     """One method's settings; every method reads only the keys it needs (see ddsd.methods)."""
 
     name: Literal["ce", "kd", "ls", "tfkd", "static", "ohem", "cwd", "ddsd"] = "ddsd"
-    confidence: float = Field(0.9, description="virtual-teacher confidence a (kd, static, ddsd, cwd)")
+    confidence: float = Field(0.9, gt=0, le=1, description="virtual-teacher confidence a (kd, static, ddsd, cwd)")
     temperature: float = Field(1.0, gt=0)
     kd_weight: float = Field(1.0, ge=0)
     difficulty: Literal["kl", "target_gap", "l1"] = "kl"
@@ -63,7 +63,7 @@ class MethodConfig(_Strict):
     capability_metric: Literal["mean_class_acc", "pixel_acc"] = "mean_class_acc"
     capability_relative: bool = Field(False, description="capability relative to its first measurement")
     ls_epsilon: float = Field(0.1, ge=0, lt=1)
-    tfkd_confidence: float = 0.9
+    tfkd_confidence: float = Field(0.9, gt=0, le=1)
     tfkd_temperature: float = Field(4.0, gt=0)
     tfkd_weight: float = Field(0.25, ge=0)
     ohem_thresh: float = Field(0.7, gt=0, le=1)
@@ -100,8 +100,8 @@ class TrainConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not (v in ("cpu", "cuda", "mps") or v.startswith("cuda:")):
-            raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {v!r}")
+        if not (v in ("cpu", "cuda") or v.startswith("cuda:")):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {v!r}")
         return v
 
 

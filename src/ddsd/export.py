@@ -39,6 +39,7 @@ import torch
 import typer
 from torch import nn
 
+from .models.cli import parse_size as parse_cli_size
 from .models.loading import load_model
 
 __all__ = [
@@ -468,25 +469,8 @@ def export_checkpoint(
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """Parse ``"HxW"`` (e.g. ``"360x480"``) into ``(H, W)``; ``None`` stays ``None``.
-
-    Raises:
-        typer.BadParameter: not two positive integers separated by ``x``.
-    """
-    if text is None:
-        return None
-    parts = text.strip().lower().split("x")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        h, w = (int(p.strip()) for p in parts)
-        if h < 1 or w < 1:
-            raise ValueError
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected HxW with two positive integers, e.g. 360x480; got {text!r}", param_hint="'--size'"
-        ) from None
-    return h, w
+    """``"HxW"`` -> ``(H, W)`` with the same rules as every other ``--size`` (``None`` stays ``None``)."""
+    return None if text is None else parse_cli_size(text)
 
 
 def _human_bytes(n: int) -> str:

@@ -21,7 +21,10 @@ from ddsd.config import MethodConfig
 from ddsd.loss import DDSDLoss
 from ddsd.schedules import Capability, Constant, RateSchedule, create_schedule
 
-__all__ = ["build_criterion", "build_schedule"]
+__all__ = ["TEACHER_METHODS", "build_criterion", "build_schedule"]
+
+#: methods whose criterion uses a network teacher's logits when one is given (the others ignore it)
+TEACHER_METHODS = ("kd", "static", "cwd", "ddsd")
 
 
 def build_schedule(m: MethodConfig, total_steps: int) -> RateSchedule:

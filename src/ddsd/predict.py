@@ -219,7 +219,8 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -
         raise PredictError(f"device {device!r} is not usable: {e}") from None
 
     positive, names, colors = 1, [f"class_{i}" for i in range(k)], _palette(k)
-    spec = _resolve_spec(dataset, k)
+    saved = config.get("dataset")  # written by ddsd train: no need to re-resolve the dataset
+    spec = _SavedSpec.from_config(saved, data_cfg) if isinstance(saved, Mapping) else _resolve_spec(dataset, k)
     if size is None and spec is not None:  # data.size None: training used the dataset's default size
         size = tuple(spec.size) if spec.size else ((64, 64) if spec.layout == "procedural" else None)
     if spec is not None:
@@ -245,6 +246,24 @@ def _parse_config_size(size: Any, path: Path) -> tuple[int, int] | None:
         raise PredictError(f"checkpoint {path}: config['data']['size'] must be [H, W] positive ints or None, "
                            f"got {size!r}")
     return int(size[0]), int(size[1])
+
+
+@dataclass
+class _SavedSpec:
+    """The dataset facts a checkpoint stores (``config["dataset"]``), shaped like the DatasetSpec fields used here."""
+
+    class_names: list[str]
+    positive_class: int | None
+    colors: dict[int, tuple[int, int, int]]
+    size: tuple[int, int] | None
+    layout: str = "saved"
+
+    @classmethod
+    def from_config(cls, saved: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> _SavedSpec:
+        size = data_cfg.get("size")
+        return cls(class_names=list(saved.get("class_names") or []), positive_class=saved.get("positive_class"),
+                   colors={int(c): tuple(v) for c, v in (saved.get("colors") or {}).items()},
+                   size=tuple(size) if size else None)
 
 
 def _resolve_spec(dataset: Any, k: int) -> Any:

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ddsd.config import METHODS, ConfigError, RunConfig, apply_overrides
+from ddsd.methods import TEACHER_METHODS as _TEACHER_METHODS
 
 __all__ = [
     "TEACHER_METHODS",
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 #: methods whose criterion reads a network teacher's logits (the others would only pay for its forward pass)
-TEACHER_METHODS = frozenset({"kd", "static", "cwd", "ddsd"})
+TEACHER_METHODS = frozenset(_TEACHER_METHODS)
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _KEY_RE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_.]*\s*=")
 

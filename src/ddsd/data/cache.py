@@ -24,7 +24,7 @@ import numpy as np
 from ddsd.data.layouts import Sample
 from ddsd.data.spec import DatasetSpec
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: binary masks thresholded as value > threshold (pysodmetrics)
 
 
 def default_cache_dir() -> Path:

@@ -105,7 +105,7 @@ def decode_mask(raw: np.ndarray, spec: DatasetSpec, path: Path | str) -> Decoded
     values, counts = np.unique(raw, return_counts=True)
     if spec.encoding == "binary":
         thr = spec.binary_threshold
-        ids = (raw >= thr).astype(np.uint8)
+        ids = (raw > thr).astype(np.uint8)  # as pysodmetrics: gt > 128
         is_class = (values == 0) | (values == 255)
         is_void = values == void if void is not None else np.zeros_like(is_class)
         errors = []

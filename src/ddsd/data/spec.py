@@ -45,7 +45,8 @@ class DatasetSpec(BaseModel):
     - ``encoding="index"``: the mask value is the class id (grey or palette PNG); ``void_value`` (if any)
       is a value outside ``0..K-1`` that marks void (CamVid: 11, VOC: 255).
     - ``encoding="binary"``: 0 = class 0, 255 = class 1; values in between are thresholded at
-      ``binary_threshold`` (128) and counted by ``data check``; ``void_value`` may name one other value.
+      ``binary_threshold`` (object = value > 128, as pysodmetrics) and counted by ``data check``;
+      ``void_value`` may name one other value.
     - ``encoding="rgb"``: colour masks; ``colors`` maps class (index or name) to ``[r, g, b]``,
       ``void_colors`` lists colours that mean void.
 
@@ -69,7 +70,7 @@ class DatasetSpec(BaseModel):
     split_files: dict[str, str] = Field(default_factory=dict)
     splits: list[str] = Field(default_factory=lambda: ["train", "val", "test"], min_length=1)
     size: tuple[PosInt, PosInt] | None = None
-    binary_threshold: Annotated[int, Field(ge=1, le=255)] = 128
+    binary_threshold: Annotated[int, Field(ge=0, le=254)] = 128
     counts: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     seed: int = 0
     description: str = ""

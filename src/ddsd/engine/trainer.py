@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ddsd.config import RunConfig, save_config
+from ddsd.config import ConfigError, RunConfig, save_config
 from ddsd.data import build_dataset, collate_keep, load_spec
 from ddsd.engine import distributed
 from ddsd.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -33,7 +34,7 @@ from ddsd.engine.evaluate import evaluate, main_metric
 from ddsd.engine.rundir import MetricsLog, RunDir, environment, write_json
 from ddsd.engine.seeding import get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from ddsd.engine.snapshots import save_snapshot
-from ddsd.methods import build_criterion
+from ddsd.methods import TEACHER_METHODS, build_criterion
 from ddsd.models import create_model, load_teacher
 
 __all__ = ["RunExistsError", "build_lr_lambda", "train"]
@@ -98,6 +99,39 @@ def _train_loader(cfg: RunConfig, dataset, epoch: int, ctx: distributed.DistCont
     )
 
 
+_RESUME_MAY_CHANGE = {"train.epochs", "train.progress", "train.threads", "train.device", "data.num_workers",
+                      "data.eval_splits", "data.cache_dir", "data.root", "train.tensorboard", "out"}
+
+
+def _check_resumable(saved: dict[str, Any], cfg: RunConfig, path: Path) -> None:
+    """Refuse to resume a checkpoint made with other settings (it would silently mix two runs)."""
+    now = cfg.model_dump(mode="json")
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, v in d.items():
+            if isinstance(v, dict) and key != "dataset":
+                out.update(flat(v, f"{prefix}{key}."))
+            elif key != "dataset":
+                out[f"{prefix}{key}"] = v
+        return out
+
+    a, b = flat(saved), flat(now)
+    differ = sorted(key for key in a.keys() | b.keys() if key not in _RESUME_MAY_CHANGE and a.get(key) != b.get(key))
+    if differ:
+        details = ", ".join(f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in differ[:6])
+        raise ConfigError(f"cannot resume {path}: the settings differ from the checkpoint's ({details}); "
+                          "use the same config or a new --out")
+
+
+def _sync_buffers(model: nn.Module, ctx: distributed.DistContext) -> None:
+    """Under DDP, give every rank rank 0's buffers (BatchNorm running statistics drift apart per rank), so the
+    ranks evaluate exactly the model that rank 0 saves."""
+    if ctx.enabled:
+        for b in model.buffers():
+            torch.distributed.broadcast(b, 0)
+
+
 def _scalar_metrics(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
 
@@ -129,16 +163,21 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                              cache_dir=cfg.data.cache_dir)
     val_ds = build_dataset(spec, "val", size, augment=False, cache_dir=cfg.data.cache_dir)
     k = spec.num_classes
+    cfg = cfg.model_copy(deep=True)  # the resolved config: what was actually used is what gets saved
+    if cfg.data.size is None and spec.size is not None:
+        cfg.data.size = tuple(spec.size)
     if cfg.model.num_classes is None:
-        cfg = cfg.model_copy(deep=True)
         cfg.model.num_classes = k
     elif cfg.model.num_classes != k:
         raise ValueError(f"model.num_classes={cfg.model.num_classes} but dataset '{spec.name}' has {k} classes")
     model = create_model(cfg.model.name, k).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.teacher and cfg.method.name not in TEACHER_METHODS:
+        raise ValueError(f"method '{cfg.method.name}' does not use a network teacher (only {', '.join(TEACHER_METHODS)}"
+                         f" do); drop --teacher {cfg.teacher}")
     teacher = load_teacher(cfg.teacher).to(device) if cfg.teacher else None
-    if teacher is not None and getattr(teacher, "num_classes", k) not in (None, k):
+    if teacher is not None and teacher.num_classes not in (None, k):
         raise ValueError(f"teacher {cfg.teacher} predicts {teacher.num_classes} classes, the data has {k}")
 
     steps_per_epoch = len(_train_loader(cfg, train_ds, 0, ctx))
@@ -155,6 +194,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
     start_epoch, step, best, best_epoch = 0, 0, -math.inf, -1
     if resume and run.last.exists():
         state = load_checkpoint(run.last, map_location=device)
+        _check_resumable(state.get("config", {}), cfg, run.last)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])
@@ -166,6 +206,9 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
         if ctx.is_main:
             console.print(f"[bold]resuming[/] {run.root} after epoch {start_epoch}")
     env = environment(device)
+    dataset_info = {"name": spec.name, "class_names": list(spec.class_names), "positive_class": spec.positive_class,
+                    "ignore_index": spec.ignore_index, "colors": {int(c): list(v) for c, v in spec.colors.items()}}
+    saved_config = {**cfg.model_dump(mode="json"), "dataset": dataset_info}
     if ctx.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config, extra={**env, "world_size": ctx.world_size})
@@ -233,6 +276,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                     progress.update(task, advance=1, info=f"loss {float(vals[0]):.3f} rate {float(vals[1]):.2f}")
                 t_data = time.perf_counter()
             train_time = time.perf_counter() - t0
+            _sync_buffers(model, ctx)
             val = evaluate(net if not ctx.enabled else model, val_ds, device, cfg.data.batch_size, ctx.rank,
                            ctx.world_size, amp_dtype, cfg.train.channels_last)
             score = val[key]
@@ -269,14 +313,14 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                     "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                     "lr_scheduler": lr_sched.state_dict(), "criterion": crit.state_dict(),
                     "scaler": scaler.state_dict(), "rng": get_rng_state(), "epoch": epoch + 1, "step": step,
-                    "best_metric": best, "best_epoch": best_epoch, "config": cfg.model_dump(mode="json"),
+                    "best_metric": best, "best_epoch": best_epoch, "config": saved_config,
                     "val": val, "env": env,
                 }
+                assert log is not None
+                log.append(row)  # before last.pt: a resume re-runs (and rewrites) any epoch past the checkpoint
                 if improved:
                     save_checkpoint(state, run.best)
                 save_checkpoint(state, run.last)
-                assert log is not None
-                log.append(row)
                 if writer is not None:
                     for name, v in row.items():
                         if isinstance(v, int | float) and v is not None:

@@ -31,7 +31,7 @@ def parse_size(value: str) -> tuple[int, int]:
         raise typer.BadParameter(f"invalid size {value!r}: expected HxW, e.g. 360x480", param_hint="--size")
     if h < 1 or w < 1:
         raise typer.BadParameter(
-            f"invalid size {value!r}: height and width must be >= 1", param_hint="--size"
+            f"invalid size {value!r}: expected HxW with height and width >= 1", param_hint="--size"
         )
     return h, w
 

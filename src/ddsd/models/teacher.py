@@ -42,6 +42,8 @@ class FrozenTeacher(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
+        #: the wrapped network's class count when it declares one (``None`` otherwise)
+        self.num_classes: int | None = getattr(net, "num_classes", None)
         for p in self.net.parameters():
             p.requires_grad_(False)
         super().train(False)
