@@ -51,3 +51,14 @@ def test_torchrun_two_processes_matches_single_process(tmp_path):
     rel = float((a - b).norm() / a.norm())
     assert rel < 0.1, f"relative difference of all weights {rel:.3f}"
     assert torch.isfinite(torch.tensor(s2["mae"]))
+    # resume under DDP: continue the finished 2-epoch run for a third epoch
+    (tmp_path / "ddp/summary.json").unlink()
+    more = [*ARGS[:ARGS.index("--epochs")], "--epochs", "3", *ARGS[ARGS.index("--epochs") + 2:]]
+    again = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={_free_port()}", "-m", "ddsd", "train", "--out", str(tmp_path / "ddp"), "--resume", *more],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(read_metrics(tmp_path / "ddp/metrics.csv")) == 3
+    assert load_checkpoint(tmp_path / "ddp/checkpoints/last.pt")["epoch"] == 3

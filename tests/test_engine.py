@@ -226,3 +226,13 @@ def test_teacher_only_for_methods_that_use_one_and_overwrite_safety(tmp_path):
     r = CliRunner().invoke(app, ["train", "--out", str(keep), "--overwrite", "--epochs", "1", "--no-progress"])
     assert r.exit_code == 2 and "refuses to delete" in r.output
     assert (keep / "thesis.tex").is_file()
+
+
+def test_eval_reproduces_the_training_val_miou(tmp_path):
+    s = train(tiny_cfg(tmp_path / "mc", "ddsd", epochs=1, data="builtin"))
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "mc/checkpoints/best.pt"), "--split", "val",
+                                 "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["miou"] == pytest.approx(s["best_val"]["miou"], abs=1e-12)
+    assert m["per_class_iou"] == s["best_val"]["per_class_iou"]
