@@ -82,13 +82,15 @@ def select_keep(difficulty: Tensor, valid: Tensor, rate: float | Tensor, scope: 
     v = valid.reshape(rows, -1)
     n_valid = v.sum(1)
     k = keep_counts(n_valid, rate)  # [rows]
-    k_min, k_max, all_kept = torch.stack([k.min(), k.max(), (k == n_valid).all().long()]).tolist()
+    k_min, k_max, all_kept, all_valid = torch.stack(
+        [k.min(), k.max(), (k == n_valid).all().long(), (n_valid == v.shape[1]).all().long()]
+    ).tolist()
     if all_kept:  # rate 0 (or floor(r|V|) = 0 everywhere): keep every valid pixel
         return valid.clone()
     if k_max == 0:
         return torch.zeros_like(valid)
     inf = torch.tensor(float("inf"), dtype=d.dtype, device=d.device)
-    key = torch.where(v, d, inf)
+    key = d if all_valid else torch.where(v, d, inf)
     if k_min == k_max:
         thresh = torch.kthvalue(key, k_max, dim=1).values.unsqueeze(1)
     else:
@@ -99,7 +101,7 @@ def select_keep(difficulty: Tensor, valid: Tensor, rate: float | Tensor, scope: 
         pad = torch.where(col.unsqueeze(0) < (k_max - k).unsqueeze(1), -inf, inf)
         thresh = torch.kthvalue(torch.cat([pad, key], dim=1), k_max, dim=1).values.unsqueeze(1)
     below = key < thresh
-    ties = v & (key == thresh)
+    ties = (key == thresh) if all_valid else v & (key == thresh)
     need = k - below.sum(1)  # how many tied pixels to keep, lowest flat index first
     if bool((ties.sum(1) == need).all()):
         keep = below | ties
