@@ -3,6 +3,7 @@
     python scripts/results.py tune   --datasets sod,crackforest,isbi2012_membrane [--jobs 2]
     python scripts/results.py select --datasets ...        # writes docs/results/tuned.json from val only
     python scripts/results.py grid   --datasets ... --seeds 0-4 [--jobs 2]
+    python scripts/results.py paired --datasets isbi2012_membrane --a ddsd --b kd   # paired CIs from runs.csv
 
 Tuning runs live in docs/results/tuning/runs/<dataset>/<method>/<candidate>/seed0, the main grid in
 docs/results/grid/runs/<dataset>/<method>/seed<k> (the layout ``ddsd compare --collect`` reads). A run whose
@@ -81,9 +82,33 @@ def seeds_of(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
+def paired(datasets: list[str], ma: str, mb: str) -> int:
+    """Paired-by-seed differences ``ma - mb`` on the test split, 95 % t-intervals (ddsd.compare.stats)."""
+    import csv
+
+    from ddsd.compare.stats import fmt_diff, paired_diff
+
+    rows = list(csv.DictReader((RESULTS / "grid" / "runs.csv").open()))
+    for d in datasets:
+        print(f"{d}: {ma} - {mb} (test split, paired by seed, 95% CI)")
+        for key in ("fbeta_max", "mae", "s_measure", "iou", "boundary_iou", "miou", "pixel_acc"):
+            col = f"test_{key}"
+
+            def by_seed(m: str, col: str = col, d: str = d) -> dict[int, float]:
+                return {int(r["seed"]): float(r[col]) for r in rows
+                        if r["dataset"] == d and r["method"] == m and r.get(col) not in (None, "")}
+
+            va, vb = by_seed(ma), by_seed(mb)
+            if va and vb:
+                print(f"  {key:13s} {fmt_diff(paired_diff(va, vb))}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["tune", "select", "grid"])
+    p.add_argument("stage", choices=["tune", "select", "grid", "paired"])
+    p.add_argument("--a", default="ddsd", help="paired: method a (a - b)")
+    p.add_argument("--b", default="kd", help="paired: method b")
     p.add_argument("--datasets", default="sod,crackforest,isbi2012_membrane,camvid")
     p.add_argument("--methods", default=",".join(CANDIDATES))
     p.add_argument("--seeds", default="0-4")
@@ -91,6 +116,8 @@ def main() -> int:
     a = p.parse_args()
     datasets, methods = a.datasets.split(","), a.methods.split(",")
     tuned_path = RESULTS / "tuned.json"
+    if a.stage == "paired":
+        return paired(datasets, a.a, a.b)
     if a.stage == "tune":
         jobs = [(train_cmd(d, m, 0, c, out := RESULTS / "tuning/runs" / d / m / cand_name(c) / "seed0"), out)
                 for d in datasets for m in methods for c in CANDIDATES[m]]
