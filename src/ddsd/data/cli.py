@@ -78,19 +78,21 @@ def _print_report(console: Console, report: CheckReport) -> None:
 def check(
     dataset: str = typer.Argument("procedural", help="A dataset name, a YAML description or a root folder."),
     strict: bool = typer.Option(False, "--strict", help="Binary masks with values between 0 and 255 are "
-                                "errors (default: thresholded at 128 and counted)."),
+                                "errors (default: object = value > 128, counted)."),
     split: list[str] | None = typer.Option(None, "--split", "-s",
                                            help="Split(s) to check (default: all present)."),
     layout: str | None = typer.Option(None, help="Root folder only: layout (folder|camvid|voc)."),
     encoding: str | None = typer.Option(None, help="Root folder only: mask encoding (binary|index|rgb)."),
     void_value: int | None = typer.Option(None, help="Root folder only: mask value meaning void."),
+    data_root: str | None = typer.Option(None, help="Folder holding the shipped datasets' folders "
+                                         "(default $DDSD_DATASETS, else ../shared/datasets)."),
 ) -> None:
     """Validate a dataset and print a summary; exit status 1 if anything is wrong."""
     console = Console(width=max(Console().width, 120))
     overrides = {k: v for k, v in (("layout", layout), ("encoding", encoding), ("void_value", void_value))
                  if v is not None}
     try:
-        spec = load_spec(dataset, **overrides)
+        spec = load_spec(dataset, data_root, **overrides)
         report = check_dataset(spec, splits=split or None, strict=strict)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False)
