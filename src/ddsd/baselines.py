@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ddsd._checks import check_finite, check_logits, check_target
 from ddsd.dropout import select_keep
-from ddsd.loss import LossOutput, _masked_mean
+from ddsd.loss import LossOutput, _masked_mean, accuracy_counts, accuracy_stats
 from ddsd.teacher import virtual_teacher
 
 __all__ = ["CWDLoss", "LabelSmoothingLoss", "OHEMLoss"]
@@ -60,17 +60,12 @@ class _PlainCriterion(nn.Module):
             check_finite("student_logits", student_logits)
             raise ValueError(f"the loss is not finite ({loss.item()})")
         with torch.no_grad():
-            n_valid = valid.sum().clamp_min(1).double()
             correct = valid & (-ce_pix >= log_p.amax(1))
-            counts = torch.bincount(torch.where(valid, y0, k).flatten(), minlength=k + 1)[:k]
-            hits = torch.bincount(torch.where(correct, y0, k).flatten(), minlength=k + 1)[:k]
-            present = counts > 0
             stats = {
                 "rate": z.new_zeros((), dtype=torch.float64),
                 "kept_fraction": z.new_ones((), dtype=torch.float64),
                 "capability": z.new_full((), float("nan")),
-                "pixel_acc": correct.sum().double() / n_valid,
-                "mean_class_acc": ((hits.double() / counts.clamp_min(1)) * present).sum() / present.sum().clamp_min(1),
+                **accuracy_stats(accuracy_counts(y0, correct, valid, k)),
                 **extra,
             }
         return LossOutput(loss, stats)

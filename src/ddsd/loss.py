@@ -57,6 +57,26 @@ def _masked_mean(values: Tensor, mask: Tensor, count: Tensor | None = None) -> T
     return torch.where(mask, values, 0.0).sum() / n.clamp_min(1)
 
 
+def accuracy_counts(y0: Tensor, correct: Tensor, valid: Tensor, num_classes: int) -> Tensor:
+    """Per-class ``[correct, total]`` pixel counts ``int64 [2, K]`` (one bincount over class/outcome codes).
+
+    ``y0``: ``[B, H, W]`` class ids (any value at invalid pixels), ``correct`` / ``valid``: bool ``[B, H, W]``.
+    """
+    codes = torch.where(valid, 2 * y0 + correct, 2 * num_classes).flatten()
+    hist = torch.bincount(codes, minlength=2 * num_classes + 1)[:-1].view(num_classes, 2)
+    return torch.stack([hist[:, 1], hist.sum(1)])
+
+
+def accuracy_stats(per_class: Tensor) -> dict[str, Tensor]:
+    """``pixel_acc`` and ``mean_class_acc`` (over the classes present) from :func:`accuracy_counts`."""
+    present = per_class[1] > 0
+    class_acc = per_class[0].double() / per_class[1].clamp_min(1).double()
+    return {
+        "pixel_acc": per_class[0].sum().double() / per_class[1].sum().clamp_min(1).double(),
+        "mean_class_acc": (class_acc * present).sum() / present.sum().clamp_min(1),
+    }
+
+
 class DDSDLoss(nn.Module):
     """Dynamic dropout self-distillation loss (a drop-in criterion for segmentation training loops).
 
@@ -147,14 +167,10 @@ class DDSDLoss(nn.Module):
             dist.all_reduce(counts)
         counts = counts.cpu()
         k = self.num_classes
-        correct, total, (kept, valid) = counts[:k], counts[k : 2 * k], counts[2 * k :].tolist()
+        per_class, (kept, valid) = counts[: 2 * k].view(2, k), counts[2 * k :].tolist()
         capability = None
-        if int(total.sum()) > 0:
-            if getattr(self.schedule, "metric", "mean_class_acc") == "pixel_acc":
-                capability = float(correct.sum()) / float(total.sum())
-            else:
-                present = total > 0
-                capability = float((correct[present].double() / total[present].double()).mean())
+        if int(per_class[1].sum()) > 0:
+            capability = float(accuracy_stats(per_class)[getattr(self.schedule, "metric", "mean_class_acc")])
         if isinstance(self.schedule, Threshold) and valid > 0:
             self.schedule.record(1.0 - kept / valid)
         self.schedule.step(capability if self.schedule.needs_capability else None)
@@ -296,15 +312,10 @@ class DDSDLoss(nn.Module):
         with torch.no_grad():
             dropped = valid & ~keep
             n_dropped = n_valid - n_keep
-            # per-class [correct, total] counts: one bincount over (class, outcome) codes 0..3K-1
-            codes = torch.where(valid, 2 * y0 + correct, 2 * self.num_classes).flatten()
-            hist = torch.bincount(codes, minlength=2 * self.num_classes + 1)[:-1].view(self.num_classes, 2)
-            per_class = torch.stack([hist[:, 1], hist.sum(1)])
+            per_class = accuracy_counts(y0, correct, valid, self.num_classes)
             if self.training:
                 self._counts += per_class
                 self._kept += torch.stack([n_keep, n_valid])
-            present = per_class[1] > 0
-            class_acc = per_class[0].double() / per_class[1].clamp_min(1).double()
             kept_fraction = n_keep.double() / n_valid.clamp_min(1).double()
             is_threshold = isinstance(self.schedule, Threshold)
             return {
@@ -313,8 +324,7 @@ class DDSDLoss(nn.Module):
                 "difficulty_kept": torch.where(keep, d, 0.0).sum() / n_keep,
                 "difficulty_dropped": torch.where(dropped, d, 0.0).sum() / n_dropped,
                 "capability": self._capability.clone(),
-                "pixel_acc": per_class[0].sum().double() / n_valid.clamp_min(1).double(),
-                "mean_class_acc": (class_acc * present).sum() / present.sum().clamp_min(1),
+                **accuracy_stats(per_class),
                 "ce": ce.detach(),
                 "kd": kd.detach(),
             }
