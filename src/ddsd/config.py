@@ -154,7 +154,7 @@ def save_config(cfg: RunConfig, path: str | Path, extra: dict[str, Any] | None =
     data = cfg.model_dump(mode="json")
     if extra:
         data["run"] = extra
-    from ddsd.engine.checkpoint import atomic_write_bytes
+    from ddsd._io import atomic_write_bytes
 
     atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
 

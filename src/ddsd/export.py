@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ import torch
 import typer
 from torch import nn
 
+from ._io import atomic_path
 from .models.cli import parse_size as parse_cli_size
 from .models.loading import load_model
 
@@ -162,24 +161,6 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-def _sibling(out: Path, tag: str) -> Path:
-    """A fresh hidden file name next to ``out`` (created by the writer, so it gets the usual permissions)."""
-    return out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{tag}"
-
-
-@contextlib.contextmanager
-def _atomic_target(out: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``out``; on success ``os.replace`` it onto ``out``, else delete it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "tmp")
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _inputs(size: tuple[int, int], dynamic: bool, seed: int) -> list[torch.Tensor]:
     """Random ``[1, 3, H, W]`` (and, if dynamic, ``[2, 3, H + 8, W + 16]``) float32 inputs."""
     h, w = size
@@ -280,7 +261,7 @@ def export_model(
     onnx = _require_onnx()[0] if kind == "onnx" else None
     device = _model_device(model)
     example = torch.randn(1, 3, *size, device=device, generator=torch.Generator(device=device).manual_seed(0))
-    with _eval_mode(model), torch.no_grad(), _atomic_target(out) as tmp:
+    with _eval_mode(model), torch.no_grad(), atomic_path(out, suffix=out.suffix or ".tmp") as tmp:
         if kind == "onnx":
             axes = {0: "batch", 2: "height", 3: "width"}
             try:
@@ -450,18 +431,14 @@ def export_checkpoint(
     hw = _check_size(size) if size is not None else _config_size(config)
     if kind == "onnx":
         _require_onnx()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = _sibling(out, "unverified")
-    try:
-        export_model(model, kind, staged, size=hw, dynamic=dynamic, opset=opset)
-        tol = DEFAULT_ATOL if atol is None else float(atol)
-        check = verify_export(model, staged, kind, size=hw, dynamic=dynamic, atol=tol)
-        os.replace(staged, out)
-    except BaseException as exc:
-        staged.unlink(missing_ok=True)
-        if isinstance(exc, ExportCheckError):
-            raise ExportCheckError(str(exc).replace(str(staged), str(out))) from None
-        raise
+    tol = DEFAULT_ATOL if atol is None else float(atol)
+    staged = out
+    try:  # exported and checked under a temporary name; ``out`` only ever holds a verified export
+        with atomic_path(out, suffix=".unverified") as staged:
+            export_model(model, kind, staged, size=hw, dynamic=dynamic, opset=opset)
+            check = verify_export(model, staged, kind, size=hw, dynamic=dynamic, atol=tol)
+    except ExportCheckError as exc:
+        raise ExportCheckError(str(exc).replace(str(staged), str(out))) from None
     return dataclasses.replace(check, path=out)
 
 

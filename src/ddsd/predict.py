@@ -41,10 +41,10 @@ import typer
 from PIL import Image
 from torch import nn
 
+from ddsd._io import atomic_write_bytes
 from ddsd.data.encodings import ReadError, read_image
 from ddsd.data.errors import format_errors
 from ddsd.data.transforms import to_tensor
-from ddsd.engine.checkpoint import atomic_write_bytes
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from ddsd._io import atomic_write_bytes
 from ddsd.compare.plots import dataset_plots
 from ddsd.compare.table import (
     BINARY_METRICS,
@@ -35,7 +36,6 @@ from ddsd.compare.table import (
     render_markdown,
 )
 from ddsd.config import METHODS
-from ddsd.engine.checkpoint import atomic_write_bytes
 
 __all__ = ["RunRecord", "build_results", "collect", "find_runs", "run_rows", "write_runs_csv"]
 

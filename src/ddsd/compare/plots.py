@@ -168,7 +168,7 @@ def _pick_epochs(files: Sequence[Path]) -> list[Path]:
 
 
 def snapshot_grid(path: Path, title: str, snapshot_dir: Path, num_classes: int, max_images: int = 4) -> bool:
-    """The difficulty / dropped-pixel grid from ``<run>/snapshots/epoch_XXX.npz``. False when none."""
+    """The difficulty / dropped-pixel grid from ``<run>/snapshots/epoch_NNN.npz``. False when none."""
     files = sorted(snapshot_dir.glob("epoch_*.npz"))
     if not files:
         return False

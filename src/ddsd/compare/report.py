@@ -14,8 +14,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ddsd._io import atomic_write_bytes
 from ddsd.compare.table import Cell, Document, Table
-from ddsd.engine.checkpoint import atomic_write_bytes
 
 __all__ = ["render_html", "write_report"]
 

@@ -14,13 +14,13 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ddsd._io import atomic_write, atomic_write_bytes
 from ddsd.data.layouts import Sample
 from ddsd.data.spec import DatasetSpec
 
@@ -100,16 +100,10 @@ class SplitCache:
 
     def save(self, images: np.ndarray, masks: np.ndarray, meta: dict) -> None:
         """Write the arrays and then ``meta.json``, each atomically; drop older entries of this prefix."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         for arr, path in ((images, self.images_path), (masks, self.masks_path)):
-            tmp = path.with_name(path.name + tag)
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(arr))
-            os.replace(tmp, path)
-        tmp = self.meta_path.with_name("meta.json" + tag)
-        tmp.write_text(json.dumps({**meta, "key": self.key, "count": int(images.shape[0])}))
-        os.replace(tmp, self.meta_path)
+            atomic_write(path, lambda f, a=arr: np.save(f, np.ascontiguousarray(a)))
+        meta = {**meta, "key": self.key, "count": int(images.shape[0])}
+        atomic_write_bytes(self.meta_path, json.dumps(meta).encode())
         for old in self.dir.parent.glob(self.prefix + "*"):
             if old != self.dir and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ddsd.engine.checkpoint import atomic_write_bytes
+from ddsd._io import atomic_write_bytes
 
 __all__ = ["MetricsLog", "RunDir", "environment", "read_metrics", "write_json"]
 

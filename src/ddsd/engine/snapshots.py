@@ -1,7 +1,7 @@
 """Per-epoch pictures' raw material: for fixed validation images, the student's prediction, the per-pixel
 difficulty and the keep mask (which pixels the criterion would distil at the current rate).
 
-``<run>/snapshots/epoch_XXX.npz`` holds ``image`` uint8 [N,H,W,3], ``mask`` uint8 [N,H,W] (void 255),
+``<run>/snapshots/epoch_NNN.npz`` holds ``image`` uint8 [N,H,W,3], ``mask`` uint8 [N,H,W] (void 255),
 ``pred`` uint8 [N,H,W], ``difficulty`` float16 [N,H,W], ``keep`` bool [N,H,W], ``rate`` float, ``epoch`` int,
 ``stems`` str [N]. Written only for criteria with ``pixel_maps`` (the KD family: kd, tfkd, static, ddsd).
 """
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddsd._io import atomic_write_bytes
 from ddsd.data import collate_keep, denormalize
-from ddsd.engine.checkpoint import atomic_write_bytes
 
 __all__ = ["load_snapshot", "save_snapshot"]
 
