@@ -7,13 +7,15 @@ on POSIX and Windows), then fsync the folder. Used for checkpoints, run files, t
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "write_csv"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -64,3 +66,18 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     atomic_write(path, lambda f: f.write(data))
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:
+    """Write ``rows`` as CSV atomically; floats with 6 significant digits, missing values empty.
+
+    ``fields`` defaults to every key in order of first appearance; keys not in ``fields`` are ignored.
+    """
+    if fields is None:
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())

@@ -7,8 +7,6 @@ of ``summary.json``); each dataset's heading says which.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -23,7 +21,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from ddsd._io import atomic_write_bytes
+from ddsd._io import atomic_write_bytes, write_csv
 from ddsd.compare.plots import dataset_plots
 from ddsd.compare.table import (
     BINARY_METRICS,
@@ -137,12 +135,7 @@ def run_rows(records: Sequence[RunRecord]) -> tuple[list[str], list[dict[str, An
 def write_runs_csv(path: Path, records: Sequence[RunRecord]) -> None:
     """One row per run (floats with 6 significant digits; missing values empty)."""
     cols, rows = run_rows(records)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_bytes(path, buf.getvalue().encode())
+    write_csv(path, rows, cols)
 
 
 def _order(names: Sequence[str], preferred: Sequence[str]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import platform
@@ -13,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ddsd._io import atomic_write_bytes
+from ddsd._io import atomic_write_bytes, write_csv
 
 __all__ = ["MetricsLog", "RunDir", "environment", "read_metrics", "write_json"]
 
@@ -91,12 +90,4 @@ class MetricsLog:
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        fields: list[str] = []
-        for r in self.rows:
-            fields += [k for k in r if k not in fields]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=fields)
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        atomic_write_bytes(self.path, buf.getvalue().encode())
+        write_csv(self.path, self.rows)
