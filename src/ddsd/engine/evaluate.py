@@ -28,7 +28,7 @@ def build_metrics(dataset: SegDataset, boundary_width: int = 3) -> BinarySegMetr
     spec = dataset.spec
     if spec.is_binary:
         return BinarySegMetrics(boundary_width=boundary_width)
-    return MulticlassSegMetrics(spec.num_classes, 255, boundary_width, class_names=list(spec.class_names))
+    return MulticlassSegMetrics(spec.num_classes, spec.ignore_index, boundary_width, class_names=list(spec.class_names))
 
 
 def main_metric(dataset: SegDataset) -> str:
