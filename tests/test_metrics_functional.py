@@ -104,3 +104,34 @@ def test_iou_nan_for_absent_class_and_nanmean():
     assert iou[0] == pytest.approx(0.75) and iou[1] == 0.0 and math.isnan(float(iou[2]))
     assert nanmean(iou) == pytest.approx(0.375)
     assert math.isnan(nanmean(torch.full((3,), math.nan)))
+
+
+def _maxpool_reference_band(labels: torch.Tensor, width: int) -> torch.Tensor:
+    """The original float64 max_pool2d formulation of label_boundary (kept here as an oracle)."""
+    x = labels.double().unsqueeze(1)
+    x = x - x.min()
+    k = 2 * width + 1
+    pad = (width, width, width, width)
+    local_max = torch.nn.functional.max_pool2d(torch.nn.functional.pad(x, pad, value=-1.0), k, stride=1)
+    local_min = -torch.nn.functional.max_pool2d(torch.nn.functional.pad(-x, pad, value=1.0), k, stride=1)
+    return ((local_max != x) | (local_min != x)).squeeze(1)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5])
+def test_label_boundary_matches_maxpool_reference(width):
+    g = torch.Generator().manual_seed(width)
+    labels = torch.randint(0, 4, (2, 9, 13), generator=g)
+    labels[0, 2:7, 3:10] = 255  # an ignore-like region, far above the other labels
+    labels[1] -= 2  # negative labels
+    assert torch.equal(label_boundary(labels, width), _maxpool_reference_band(labels, width))
+    mask = labels[0] == 1
+    ref = _maxpool_reference_band(mask.long()[None], width)[0] & mask
+    assert torch.equal(boundary_band(mask, width), ref)
+
+
+def test_class_argmax_matches_argmax_first_max_wins():
+    from ddsd.metrics import class_argmax
+
+    z = torch.randn(2, 5, 7, 6)
+    z[:, 3] = z[:, 1]  # ties: the first maximum wins, as in torch.argmax
+    assert torch.equal(class_argmax(z), z.argmax(dim=1))

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ddsd.data import SegDataset, collate_keep
-from ddsd.metrics import BinarySegMetrics, MulticlassSegMetrics
+from ddsd.metrics import BinarySegMetrics, MulticlassSegMetrics, class_argmax
 
 __all__ = ["build_metrics", "evaluate", "main_metric"]
 
@@ -72,7 +72,7 @@ def evaluate(
                 prob = torch.softmax(z, dim=1)[0, pos].cpu().numpy().astype(np.float64)
                 metrics.update(prob, gt == pos)
             else:
-                metrics.update(z.argmax(1).cpu(), torch.from_numpy(gt.astype(np.int64))[None])
+                metrics.update(class_argmax(z).cpu(), torch.from_numpy(gt.astype(np.int64))[None])
     if world_size > 1:
         metrics.sync()
     model.train(was_training)

