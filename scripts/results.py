@@ -4,6 +4,8 @@
     python scripts/results.py select --datasets ...        # writes docs/results/tuned.json from val only
     python scripts/results.py grid   --datasets ... --seeds 0-4 [--jobs 2]
     python scripts/results.py paired --datasets isbi2012_membrane --a ddsd --b kd   # paired CIs from runs.csv
+    python scripts/results.py ablate --datasets isbi2012_membrane,sod --seeds 0-4 [--jobs 2]
+    python scripts/results.py ablate-table --datasets isbi2012_membrane,sod  # docs/results/ablations/table.md
 
 Tuning runs live in docs/results/tuning/runs/<dataset>/<method>/<candidate>/seed0, the main grid in
 docs/results/grid/runs/<dataset>/<method>/seed<k> (the layout ``ddsd compare --collect`` reads). A run whose
@@ -43,17 +45,35 @@ CANDIDATES: dict[str, list[dict[str, float]]] = {
 }
 SNAPSHOT_METHODS = ("kd", "tfkd", "static", "ddsd")
 
+# Ablations of ddsd (docs/results/README.md): one change at a time on top of the dataset's tuned ddsd setting
+# (whose grid runs, same seeds, are the paired baseline). ``{r_max}`` is the tuned r_max.
+ABLATIONS: dict[str, dict[str, object]] = {
+    "schedule=linear": {"method.schedule": "linear", "method.rate": "{r_max}", "method.end_rate": 0.0},
+    "schedule=constant": {"method.schedule": "constant", "method.rate": "{r_max}"},
+    "schedule=threshold": {"method.schedule": "threshold", "method.tau": 0.5},
+    "capability=pixel_acc": {"method.capability_metric": "pixel_acc"},
+    "capability=relative": {"method.capability_relative": True},
+    "difficulty=target_gap": {"method.difficulty": "target_gap"},
+    "difficulty=l1": {"method.difficulty": "l1"},
+    "a=0.7": {"method.confidence": 0.7},
+    "a=0.9": {"method.confidence": 0.9},
+    "a=0.99": {"method.confidence": 0.99},
+    "a=1.0": {"method.confidence": 1.0},
+    "ce_on_dropped=false": {"method.ce_on_dropped": False},
+}
+
 
 def cand_name(c: dict[str, float]) -> str:
     return "default" if not c else "_".join(f"{k.split('.')[-1]}={v:g}" for k, v in c.items())
 
 
-def train_cmd(dataset: str, method: str, seed: int, overrides: dict[str, float], out: Path) -> list[str]:
+def train_cmd(dataset: str, method: str, seed: int, overrides: dict[str, object], out: Path,
+              snapshots: bool = True) -> list[str]:
     cmd = [sys.executable, "-m", "ddsd", "train", "--config", str(ROOT / "configs/results" / f"{dataset}.yaml"),
            "--method", method, "--seed", str(seed), "--out", str(out), "--no-progress"]
     for k, v in overrides.items():
         cmd += ["--set", f"{k}={v}"]
-    if seed == 0 and method in SNAPSHOT_METHODS:
+    if snapshots and seed == 0 and method in SNAPSHOT_METHODS:
         cmd += ["--set", "train.snapshots=4"]
     if (out / "checkpoints" / "last.pt").exists():
         cmd.append("--resume")
@@ -61,11 +81,27 @@ def train_cmd(dataset: str, method: str, seed: int, overrides: dict[str, float],
 
 
 def run_all(jobs: list[tuple[list[str], Path]], n: int) -> int:
+    """Run the unfinished jobs, ``n`` at a time. A ``RUNNING`` lock file (created exclusively) lets several
+    runners share one job list; a crashed runner's stale lock must be removed by hand."""
+
     def one(job):
         cmd, out = job
         out.mkdir(parents=True, exist_ok=True)
-        with (out / "train.log").open("a") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+        lock = out / "RUNNING"
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            print(f"busy {out.relative_to(ROOT)} (another runner holds {lock.name})", flush=True)
+            return 0
+        try:
+            if (out / "summary.json").exists():  # finished by another runner meanwhile
+                return 0
+            if (out / "checkpoints" / "last.pt").exists() and "--resume" not in cmd:
+                cmd = [*cmd, "--resume"]
+            with (out / "train.log").open("a") as log:
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+        finally:
+            lock.unlink(missing_ok=True)
         print(f"{'ok  ' if rc == 0 else 'FAIL'} {out.relative_to(ROOT)}", flush=True)
         return rc
 
@@ -104,9 +140,92 @@ def paired(datasets: list[str], ma: str, mb: str) -> int:
     return 0
 
 
+def ablation_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list[tuple[list[str], Path]]:
+    jobs = []
+    for d in datasets:
+        base = tuned[d]["ddsd"]["overrides"]
+        for name, change in ABLATIONS.items():
+            over = {**base, **{k: (v.format(r_max=base["method.r_max"]) if isinstance(v, str) and "{" in v else v)
+                               for k, v in change.items()}}
+            if over == base:
+                continue  # the tuned setting itself: the grid's ddsd runs
+            for s in seeds:
+                out = RESULTS / "ablations/runs" / d / name / f"seed{s}"
+                jobs.append((train_cmd(d, "ddsd", s, over, out, snapshots=False), out))
+    return jobs
+
+
+def _summary_metrics(run: Path) -> dict[str, float] | None:
+    f = run / "summary.json"
+    if not f.exists():
+        return None
+    summ = json.loads(f.read_text())
+    test = summ.get("test", {})
+    out = {k: float(v) for k, v in test.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    import csv
+
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    rates = [float(r["train_rate"]) for r in rows if r.get("train_rate") not in (None, "", "nan")]
+    if rates:
+        out["rate_first"], out["rate_last"] = rates[0], rates[-1]
+    out["wall_time_s"] = float(summ.get("wall_time_s", float("nan")))
+    return out
+
+
+def ablation_table(datasets: list[str], tuned: dict) -> int:
+    """docs/results/ablations/table.md: each variant vs the tuned ddsd (grid runs), paired by seed."""
+    from ddsd.compare.stats import fmt_diff, fmt_mean_std, mean_std, paired_diff
+
+    lines = ["# Ablations of ddsd (test split; each variant changes one thing of the dataset's tuned ddsd)", "",
+             "Generated by `python scripts/results.py ablate-table --datasets " + ",".join(datasets) + "`; "
+             "Δ = variant − tuned ddsd, paired by seed, 95 % t-interval (`*`: excludes 0). MAE: lower is better. "
+             "rate: the dropout rate of the first → last epoch (mean over seeds).", ""]
+    total_wall = 0.0
+    for d in datasets:
+        base = tuned[d]["ddsd"]["overrides"]
+        keys = ["fbeta_max", "mae", "iou", "boundary_iou"] if d != "camvid" else ["miou", "pixel_acc", "boundary_iou"]
+        variants = {"ddsd (tuned: " + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in base.items()) + ")":
+                    RESULTS / "grid/runs" / d / "ddsd"}
+        for name in ABLATIONS:
+            if (RESULTS / "ablations/runs" / d / name).exists():
+                variants[name] = RESULTS / "ablations/runs" / d / name
+        runs = {name: {int(p.name[4:]): m for p in sorted(root.glob("seed*")) if (m := _summary_metrics(p))}
+                for name, root in variants.items()}
+        base_runs = next(iter(runs.values()))
+        lines += [f"## {d}", "", "| variant | seeds | " + " | ".join(keys) + " | " +
+                  " | ".join(f"Δ {k}" for k in keys[:2]) + " | rate |",
+                  "|---|---:|" + "---:|" * len(keys) + "---:|" * 2 + "---|"]
+        for name, rs in runs.items():
+            if not rs:
+                continue
+            cells = []
+            for k in keys:
+                cells.append(fmt_mean_std(*mean_std([r[k] for r in rs.values() if k in r])))
+            deltas = []
+            for k in keys[:2]:
+                if rs is base_runs:
+                    deltas.append("—")
+                else:
+                    deltas.append(fmt_diff(paired_diff({s: r[k] for s, r in rs.items()},
+                                                       {s: r[k] for s, r in base_runs.items()})))
+            rf = [r["rate_first"] for r in rs.values() if "rate_first" in r]
+            rl = [r["rate_last"] for r in rs.values() if "rate_last" in r]
+            rate = f"{sum(rf) / len(rf):.2f} → {sum(rl) / len(rl):.2f}" if rf else "n/a"
+            if rs is not base_runs:
+                total_wall += sum(r["wall_time_s"] for r in rs.values())
+            lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " | " + " | ".join(deltas) + f" | {rate} |")
+        lines.append("")
+    lines.append(f"Ablation runs' wall time, summed: {total_wall / 3600:.2f} h (1 thread per run, 2 runs in parallel).")
+    out = RESULTS / "ablations" / "table.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["tune", "select", "grid", "paired"])
+    p.add_argument("stage", choices=["tune", "select", "grid", "paired", "ablate", "ablate-table"])
     p.add_argument("--a", default="ddsd", help="paired: method a (a - b)")
     p.add_argument("--b", default="kd", help="paired: method b")
     p.add_argument("--datasets", default="sod,crackforest,isbi2012_membrane,camvid")
@@ -118,6 +237,11 @@ def main() -> int:
     tuned_path = RESULTS / "tuned.json"
     if a.stage == "paired":
         return paired(datasets, a.a, a.b)
+    if a.stage in ("ablate", "ablate-table"):
+        tuned = json.loads(tuned_path.read_text())
+        if a.stage == "ablate-table":
+            return ablation_table(datasets, tuned)
+        return run_all(ablation_jobs(datasets, seeds_of(a.seeds), tuned), a.jobs)
     if a.stage == "tune":
         jobs = [(train_cmd(d, m, 0, c, out := RESULTS / "tuning/runs" / d / m / cand_name(c) / "seed0"), out)
                 for d in datasets for m in methods for c in CANDIDATES[m]]
