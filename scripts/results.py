@@ -8,7 +8,8 @@
     python scripts/results.py ablate-table --datasets isbi2012_membrane,sod  # docs/results/ablations/table.md
     python scripts/results.py teacher --datasets isbi2012_membrane [--extra train.device=cuda]  # real teacher
     python scripts/results.py gap --datasets isbi2012_membrane,sod   # the unet_small student (gap sweep)
-    python scripts/results.py teacher-table|gap-table --datasets ...
+    python scripts/results.py budget --datasets crackforest   # ce / tfkd / ddsd at twice the epochs
+    python scripts/results.py teacher-table|gap-table|budget-table --datasets ...
 
 ``--extra key=value,...`` adds overrides that must not change what a run measures (device, amp, workers), e.g.
 to run a stage on a GPU machine.
@@ -251,6 +252,26 @@ def ablation_table(datasets: list[str], tuned: dict) -> int:
 # tuned settings against the same (virtual) teacher, next to the simple student's grid runs.
 TEACHER_STUDENT_METHODS = ("kd", "static", "ddsd")
 GAP_METHODS = ("ce", "kd", "ddsd")
+# The budget check: is the grid's epoch budget long enough? ce / tfkd / ddsd at twice the epochs (tuned settings).
+BUDGET_METHODS = ("ce", "tfkd", "ddsd")
+
+
+def config_epochs(d: str) -> int:
+    import yaml
+
+    return int(yaml.safe_load((ROOT / "configs/results" / f"{d}.yaml").read_text())["train"]["epochs"])
+
+
+def budget_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list:
+    jobs = []
+    for d in datasets:
+        epochs = 2 * config_epochs(d)
+        for m in BUDGET_METHODS:
+            over = {"train.epochs": epochs, **tuned[d].get(m, {}).get("overrides", {})}
+            for s in seeds:
+                out = RESULTS / "budget/runs" / d / f"epochs{epochs}" / m / f"seed{s}"
+                jobs.append((train_cmd(d, m, s, over, out, snapshots=False), out))
+    return jobs
 
 
 def teacher_ckpt(d: str) -> Path:
@@ -285,7 +306,7 @@ def gap_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["tune", "select", "grid", "paired", "ablate", "ablate-table", "teacher",
-                                      "teacher-table", "gap", "gap-table"])
+                                      "teacher-table", "gap", "gap-table", "budget", "budget-table"])
     p.add_argument("--plan", action="store_true", help="print the commands of the unfinished runs and stop")
     p.add_argument("--extra", default="", help="comma-separated overrides that do not change what a run measures")
     p.add_argument("--a", default="ddsd", help="paired: method a (a - b)")
@@ -302,7 +323,7 @@ def main() -> int:
     tuned_path = RESULTS / "tuned.json"
     if a.stage == "paired":
         return paired(datasets, a.a, a.b)
-    if a.stage in ("ablate", "ablate-table", "teacher", "teacher-table", "gap", "gap-table"):
+    if a.stage in ("ablate", "ablate-table", "teacher", "teacher-table", "gap", "gap-table", "budget", "budget-table"):
         tuned = json.loads(tuned_path.read_text())
         seeds = seeds_of(a.seeds)
         if a.stage == "ablate-table":
@@ -314,6 +335,21 @@ def main() -> int:
             return run_all(first, a.jobs) or run_all(second, a.jobs)
         if a.stage == "gap":
             return run_all(gap_jobs(datasets, seeds, tuned), a.jobs)
+        if a.stage == "budget":
+            return run_all(budget_jobs(datasets, seeds, tuned), a.jobs)
+        if a.stage == "budget-table":
+            sections = {}
+            for d in datasets:
+                e = config_epochs(d)
+                long = RESULTS / "budget/runs" / d / f"epochs{2 * e}"
+                sections[f"{d} — {e} epochs (grid)"] = {m: RESULTS / "grid/runs" / d / m for m in BUDGET_METHODS}
+                sections[f"{d} — {2 * e} epochs"] = {m: long / m for m in BUDGET_METHODS}
+                sections[f"{d} — {2 * e} vs {e} epochs"] = {
+                    f"{m} @ {e}": RESULTS / "grid/runs" / d / m for m in BUDGET_METHODS[:1]} | {
+                    f"{m} @ {2 * e}": long / m for m in BUDGET_METHODS[:1]}
+            return paired_table("Budget check: the grid's epochs vs twice as many",
+                                "python scripts/results.py budget-table --datasets " + ",".join(datasets),
+                                sections, RESULTS / "budget" / "table.md")
         if a.stage == "teacher-table":
             sections = {d: {"ce (no teacher, grid)": RESULTS / "grid/runs" / d / "ce",
                             "unet_teacher (ce)": teacher_ckpt(d).parent,
