@@ -169,7 +169,8 @@ def ablation_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list[tu
             for s in seeds:
                 out = RESULTS / "ablations/runs" / d / name / f"seed{s}"
                 jobs.append((train_cmd(d, "ddsd", s, over, out, snapshots=False), out))
-    return jobs
+    # Seeds 0-2 of every variant before seeds 3+, so that a stopped session leaves every variant with 3 seeds.
+    return sorted(jobs, key=lambda j: (datasets.index(j[1].parts[-3]), int(j[1].name[4:]) > 2))
 
 
 def _summary_metrics(run: Path) -> dict[str, float] | None:
