@@ -9,6 +9,7 @@
     python scripts/results.py teacher --datasets isbi2012_membrane [--extra train.device=cuda]  # real teacher
     python scripts/results.py gap --datasets isbi2012_membrane,sod   # the unet_small student (gap sweep)
     python scripts/results.py budget --datasets crackforest   # ce / tfkd / ddsd at twice the epochs
+    python scripts/results.py budget --datasets sod --methods ce
     python scripts/results.py teacher-table|gap-table|budget-table --datasets ...
 
 ``--extra key=value,...`` adds overrides that must not change what a run measures (device, amp, workers), e.g.
@@ -263,11 +264,11 @@ def config_epochs(d: str) -> int:
     return int(yaml.safe_load((ROOT / "configs/results" / f"{d}.yaml").read_text())["train"]["epochs"])
 
 
-def budget_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list:
+def budget_jobs(datasets: list[str], seeds: list[int], tuned: dict, methods: list[str]) -> list:
     jobs = []
     for d in datasets:
         epochs = 2 * config_epochs(d)
-        for m in BUDGET_METHODS:
+        for m in (m for m in BUDGET_METHODS if m in methods):
             over = {"train.epochs": epochs, **tuned[d].get(m, {}).get("overrides", {})}
             for s in seeds:
                 out = RESULTS / "budget/runs" / d / f"epochs{epochs}" / m / f"seed{s}"
@@ -337,7 +338,7 @@ def main() -> int:
         if a.stage == "gap":
             return run_all(gap_jobs(datasets, seeds, tuned), a.jobs)
         if a.stage == "budget":
-            return run_all(budget_jobs(datasets, seeds, tuned), a.jobs)
+            return run_all(budget_jobs(datasets, seeds, tuned, methods), a.jobs)
         if a.stage == "budget-table":
             sections = {}
             for d in datasets:
