@@ -66,6 +66,8 @@ def evaluate(
         for j, idx in enumerate(batch["index"].tolist()):
             gt = dataset.original_mask(idx)
             z = logits[j : j + 1]
+            if not spec.is_binary:  # channels-last: the resize and the argmax over K both run ~2x faster on CPU
+                z = z.contiguous(memory_format=torch.channels_last)
             if tuple(z.shape[-2:]) != gt.shape:
                 z = F.interpolate(z, size=gt.shape, mode="bilinear", align_corners=False)
             if spec.is_binary:
