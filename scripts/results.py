@@ -258,6 +258,46 @@ GAP_METHODS = ("ce", "kd", "ddsd")
 BUDGET_METHODS = ("ce", "tfkd", "ddsd")
 
 
+def budget_curves(sections: dict[str, dict[str, Path]], out: Path) -> None:
+    """One plot per dataset: the val main metric of every ``ce`` budget by epoch (mean over seeds, min-max band)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    curves: dict[str, dict[str, Path]] = {}
+    for name, rows in sections.items():
+        d, _, what = name.partition(" — ")
+        if d == "camvid":
+            curves.setdefault(d, {}).update(rows)
+        elif " vs " not in what and "ce" in rows:
+            curves.setdefault(d, {})[what] = rows["ce"]
+    for d, rows in curves.items():
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        key = "val_miou" if d == "camvid" else "val_fbeta_max"
+        for label, root in rows.items():
+            runs = [[float(r[key]) for r in csv.DictReader((p / "metrics.csv").open())]
+                    for p in sorted(root.glob("seed*")) if (p / "summary.json").exists()]
+            if not runs:
+                continue
+            n = min(len(r) for r in runs)
+            a = np.array([r[:n] for r in runs])
+            x = np.arange(1, n + 1)
+            ax.plot(x, a.mean(0), label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+            ax.fill_between(x, a.min(0), a.max(0), alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.set_title(f"{d}: ce learning curves at each budget (poly LR)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{d}_ce_curves.png", dpi=90)
+        plt.close(fig)
+
+
 def config_epochs(d: str) -> int:
     import yaml
 
@@ -341,14 +381,22 @@ def main() -> int:
             return run_all(budget_jobs(datasets, seeds, tuned, methods), a.jobs)
         if a.stage == "budget-table":
             sections = {}
-            for d in datasets:
-                e = config_epochs(d)
-                long = RESULTS / "budget/runs" / d / f"epochs{2 * e}"
-                sections[f"{d} — {e} epochs (grid)"] = {m: RESULTS / "grid/runs" / d / m for m in BUDGET_METHODS}
-                sections[f"{d} — {2 * e} epochs"] = {m: long / m for m in BUDGET_METHODS}
-                sections[f"{d} — {2 * e} vs {e} epochs"] = {
-                    f"{m} @ {e}": RESULTS / "grid/runs" / d / m for m in BUDGET_METHODS[:1]} | {
-                    f"{m} @ {2 * e}": long / m for m in BUDGET_METHODS[:1]}
+            for d in (d for d in datasets if d != "camvid"):
+                for long in sorted((RESULTS / "budget/runs" / d).glob("epochs*"), key=lambda p: int(p.name[6:])):
+                    n = int(long.name[6:])
+                    e = n // 2  # the budget that was checked: the grid's, or a superseded one
+                    base = (RESULTS / "grid/runs" / d if config_epochs(d) == e
+                            else RESULTS / "superseded" / f"{d}-{e}ep" / "runs" / d)
+                    sections[f"{d} — {e} epochs"] = {m: base / m for m in BUDGET_METHODS}
+                    sections[f"{d} — {n} epochs"] = {m: long / m for m in BUDGET_METHODS}
+                    sections[f"{d} — {n} vs {e} epochs"] = {f"ce @ {e}": base / "ce", f"ce @ {n}": long / "ce"}
+            if "camvid" in datasets:  # ce, seed 0: the 30-epoch tuning run and the two 90-epoch probes
+                sup = RESULTS / "superseded/camvid-180x240-30ep/tuning/runs/camvid/ce/default"
+                probes = RESULTS / "budget/runs/camvid"
+                sections["camvid — ce, seed 0"] = {"180x240, 30 epochs (old protocol)": sup,
+                                                   "120x160, 90 epochs": probes / "probe_120x160_e90" / "ce",
+                                                   "180x240, 90 epochs": probes / "probe_180x240_e90" / "ce"}
+            budget_curves(sections, RESULTS / "budget")
             return paired_table("Budget check: the grid's epochs vs twice as many",
                                 "python scripts/results.py budget-table --datasets " + ",".join(datasets),
                                 sections, RESULTS / "budget" / "table.md")
