@@ -49,9 +49,15 @@ def test_relative_capability_moves_a_low_accuracy_student_off_r_max():
         relative.step(acc)
     assert absolute.rate == 0.5
     assert relative.effective_capability == pytest.approx((0.4 - 0.2) / 0.8)
-    assert relative.rate == 0.5  # 1 - 0.25 is above r_max
+    assert relative.rate == pytest.approx(0.5 - 0.5 * 0.25)  # a quarter of the initial gap closed
     relative.step(0.8)
-    assert relative.rate == pytest.approx(1 - (0.8 - 0.2) / 0.8)
+    assert relative.rate == pytest.approx(0.5 - 0.5 * (0.8 - 0.2) / 0.8)
+    relative.step(0.1)  # worse than at the start: c_rel clamps at 0, the rate at r_max
+    assert relative.rate == 0.5
+    steep = Capability(r_min=0.1, r_max=0.5, beta=2.0, momentum=0.0, relative=True)
+    for acc in (0.2, 0.6):  # half the gap closed, beta 2: the rate is at r_min
+        steep.step(acc)
+    assert steep.rate == pytest.approx(0.1)
     copy = Capability(r_max=0.5, momentum=0.0, relative=True)
     copy.load_state_dict(relative.state_dict())
     assert copy.rate == relative.rate

@@ -61,7 +61,8 @@ class MethodConfig(_Strict):
     r_max: float = Field(0.5, ge=0, lt=1)
     momentum: float = Field(0.9, ge=0, lt=1)
     capability_metric: Literal["mean_class_acc", "pixel_acc"] = "mean_class_acc"
-    capability_relative: bool = Field(False, description="capability relative to its first measurement")
+    capability_relative: bool = Field(
+        False, description="rate from the share of its initial accuracy gap the student has closed (r_max -> r_min)")
     ls_epsilon: float = Field(0.1, ge=0, lt=1)
     tfkd_confidence: float = Field(0.9, gt=0, le=1)
     tfkd_temperature: float = Field(4.0, gt=0)

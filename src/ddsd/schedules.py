@@ -143,8 +143,12 @@ class Capability(RateSchedule):
             default, because plain pixel accuracy saturates at once on imbalanced data) or ``"pixel_acc"``.
         relative: use the capability relative to the first measurement ``c0``,
             ``c_rel = max(0, (c - c0) / (1 - c0))`` (the fraction of its initial gap the student has closed),
-            so that a student whose accuracy stays low in absolute terms (many classes) still moves the rate
-            from ``r_max`` towards ``r_min`` as it improves.
+            and map it onto the rate range: ``r = clip(r_max - beta (r_max - r_min) c_rel, r_min, r_max)``.
+            The rate starts at ``r_max`` and reaches ``r_min`` when the student has closed ``1 / beta`` of its
+            initial gap, so a student whose accuracy stays low in absolute terms (many classes, thin structures)
+            still moves the rate. (A first version plugged ``c_rel`` into ``beta (1 - c)``; with ``r_max < 1``
+            that kept the rate at ``r_max`` until ``c_rel > 1 - r_max``, i.e. for whole runs:
+            docs/results/ablations.)
     """
 
     needs_capability = True
@@ -191,7 +195,9 @@ class Capability(RateSchedule):
 
     @property
     def rate(self) -> float:
-        return min(max(self.beta * (1.0 - self.effective_capability), self.r_min), self.r_max)
+        c = self.effective_capability
+        r = self.r_max - self.beta * (self.r_max - self.r_min) * c if self.relative else self.beta * (1.0 - c)
+        return min(max(r, self.r_min), self.r_max)
 
     def step(self, capability: float | None = None) -> None:
         super().step()
