@@ -450,7 +450,7 @@ def main() -> int:
             for s in seeds_of(a.seeds):
                 out = RESULTS / "grid/runs" / d / m / f"seed{s}"
                 src = RESULTS / "tuning/runs" / d / m / cand_name(best) / "seed0"
-                if s == 0 and (src / "summary.json").exists() and not out.exists():
+                if s == 0 and (src / "summary.json").exists() and not out.exists() and not PLAN:
                     shutil.copytree(src, out, ignore=shutil.ignore_patterns("*.pt"))  # the same run: reuse it
                 jobs.append((train_cmd(d, m, s, best, out), out))
     return run_all(jobs, a.jobs)
