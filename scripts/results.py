@@ -89,8 +89,6 @@ def train_cmd(dataset: str, method: str, seed: int, overrides: dict[str, object]
         cmd += ["--set", item]
     if snapshots and seed == 0 and method in SNAPSHOT_METHODS:
         cmd += ["--set", "train.snapshots=4"]
-    if (out / "checkpoints" / "last.pt").exists():
-        cmd.append("--resume")
     return cmd
 
 
@@ -110,7 +108,7 @@ def run_all(jobs: list[tuple[list[str], Path]], n: int) -> int:
         try:
             if (out / "summary.json").exists():  # finished by another runner meanwhile
                 return 0
-            if (out / "checkpoints" / "last.pt").exists() and "--resume" not in cmd:
+            if (out / "checkpoints" / "last.pt").exists():  # decided when it runs: another runner may have started it
                 cmd = [*cmd, "--resume"]
             with (out / "train.log").open("a") as log:
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
