@@ -314,6 +314,9 @@ def budget_jobs(datasets: list[str], seeds: list[int], tuned: dict, methods: lis
     return jobs
 
 
+TEACHER_CACHE = ROOT / ".cache" / "teacher-logits"  # gitignored; ~0.84 GB per ISBI seed, safe to delete
+
+
 def teacher_ckpt(d: str) -> Path:
     return RESULTS / "teacher/runs" / d / "teacher" / "seed0"
 
@@ -328,7 +331,10 @@ def teacher_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> tuple[li
             for s in seeds:
                 out = RESULTS / "teacher/runs" / d / m / f"seed{s}"
                 cmd = train_cmd(d, m, s, over, out, snapshots=False)
-                second.append(([*cmd, "--teacher", str(t / "checkpoints" / "best.pt")], out))
+                # kd / static / ddsd of one seed feed the teacher the same augmented images: cache its logits
+                # (method-major order, so a seed's first run has finished before the next method reuses it)
+                second.append(([*cmd, "--teacher", str(t / "checkpoints" / "best.pt"),
+                                "--teacher-cache", str(TEACHER_CACHE / d)], out))
     return first, second
 
 

@@ -50,7 +50,10 @@ def test_teacher_jobs_drop_the_virtual_confidence_and_pass_the_teacher(results):
     for cmd, _ in second:
         assert "method.confidence" not in _sets(cmd)
         assert cmd[cmd.index("--teacher") + 1].endswith("teacher/seed0/checkpoints/best.pt")
+        assert cmd[cmd.index("--teacher-cache") + 1].endswith(".cache/teacher-logits/isbi2012_membrane")
     assert _sets(second[-1][0]) == {"method.r_max": "0.3"}
+    # method-major: every seed's first (cache-filling) run comes before any run that reuses its logits
+    assert [out.parent.name for _, out in second] == ["kd", "static", "ddsd"]
 
 
 def _fake_run(path: Path, fbeta: float, mae: float, rates: list[float]) -> None:

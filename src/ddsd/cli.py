@@ -61,6 +61,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="delete an existing run in --out first")] = False,
     teacher: Annotated[str | None, typer.Option(help="checkpoint of a network teacher trained by ddsd")] = None,
+    teacher_cache: Annotated[str | None, typer.Option(help="folder caching the teacher's per-image logits "
+                                                      "(reused across epochs/runs that see the same images)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     lr: Annotated[float | None, typer.Option()] = None,
@@ -82,7 +84,8 @@ def train(
         base = load_config(config) if config else RunConfig()
         flags = {
             "method.name": method, "data.name": data, "data.root": data_root, "model.name": model,
-            "train.epochs": epochs, "train.seed": seed, "teacher": teacher, "train.device": device,
+            "train.epochs": epochs, "train.seed": seed, "teacher": teacher, "train.teacher_cache": teacher_cache,
+            "train.device": device,
             "data.batch_size": batch_size,
             "optim.lr": lr, "train.amp": amp, "train.compile": compile, "train.channels_last": channels_last,
             "data.num_workers": workers, "train.threads": threads,

@@ -97,6 +97,9 @@ class TrainConfig(_Strict):
     snapshots: int = Field(
         0, ge=0, description="val images whose difficulty / dropped maps are saved (first, middle, last epoch)"
     )
+    teacher_cache: str | None = Field(
+        None, description="folder of a disk cache of the network teacher's per-image logits (see CachedTeacher)"
+    )
 
     @field_validator("device")
     @classmethod

@@ -35,7 +35,7 @@ from ddsd.engine.rundir import MetricsLog, RunDir, environment, write_json
 from ddsd.engine.seeding import get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from ddsd.engine.snapshots import save_snapshot
 from ddsd.methods import TEACHER_METHODS, build_criterion
-from ddsd.models import create_model, load_teacher
+from ddsd.models import CachedTeacher, create_model, file_fingerprint, load_teacher
 
 __all__ = ["RunExistsError", "build_lr_lambda", "train"]
 
@@ -100,7 +100,8 @@ def _train_loader(cfg: RunConfig, dataset, epoch: int, ctx: distributed.DistCont
 
 
 _RESUME_MAY_CHANGE = {"train.epochs", "train.progress", "train.threads", "train.device", "data.num_workers",
-                      "data.eval_splits", "data.cache_dir", "data.root", "train.tensorboard", "out"}
+                      "data.eval_splits", "data.cache_dir", "data.root", "train.tensorboard", "train.teacher_cache",
+                      "out"}
 
 
 def _check_resumable(saved: dict[str, Any], cfg: RunConfig, path: Path) -> None:
@@ -176,9 +177,15 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
     if cfg.teacher and cfg.method.name not in TEACHER_METHODS:
         raise ValueError(f"method '{cfg.method.name}' does not use a network teacher (only {', '.join(TEACHER_METHODS)}"
                          f" do); drop --teacher {cfg.teacher}")
-    teacher = load_teacher(cfg.teacher).to(device) if cfg.teacher else None
+    if cfg.train.teacher_cache and not cfg.teacher:
+        raise ValueError(f"train.teacher_cache={cfg.train.teacher_cache!r} caches a network teacher's logits, "
+                         "but no teacher is set (--teacher)")
+    teacher: nn.Module | None = load_teacher(cfg.teacher).to(device) if cfg.teacher else None
     if teacher is not None and teacher.num_classes not in (None, k):
         raise ValueError(f"teacher {cfg.teacher} predicts {teacher.num_classes} classes, the data has {k}")
+    if teacher is not None and cfg.train.teacher_cache:
+        assert cfg.teacher is not None
+        teacher = CachedTeacher(teacher, cfg.train.teacher_cache, file_fingerprint(cfg.teacher))
 
     steps_per_epoch = len(_train_loader(cfg, train_ds, 0, ctx))
     total_steps = cfg.train.epochs * steps_per_epoch
@@ -331,6 +338,10 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
 
     summary = _finish(cfg, run, model, val_ds, spec, size, device, ctx, amp_dtype, key, best, best_epoch)
     summary["wall_time_s"] = time.perf_counter() - t_start
+    if isinstance(teacher, CachedTeacher):
+        summary["teacher_cache"] = {"dir": str(teacher.cache_dir), "hits": teacher.hits, "misses": teacher.misses}
+        if ctx.is_main:
+            console.log(f"teacher cache {teacher.cache_dir}: {teacher.hits} hits, {teacher.misses} misses")
     if ctx.is_main:
         write_json(run.summary, summary)
         if writer is not None:
