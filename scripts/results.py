@@ -314,6 +314,9 @@ def budget_jobs(datasets: list[str], seeds: list[int], tuned: dict, methods: lis
     return jobs
 
 
+# The U-Nets train ~20 % faster per step on one CPU core with channels-last tensors (float rounding only; the
+# simple student gains nothing, so the grid does not use it).
+FAST_LAYOUT = {"train.channels_last": "true"}
 TEACHER_CACHE = ROOT / ".cache" / "teacher-logits"  # gitignored; ~0.84 GB per ISBI seed, safe to delete
 
 
@@ -325,9 +328,9 @@ def teacher_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> tuple[li
     first, second = [], []
     for d in datasets:
         t = teacher_ckpt(d)
-        first.append((train_cmd(d, "ce", 0, {"model.name": "unet_teacher"}, t), t))
+        first.append((train_cmd(d, "ce", 0, {"model.name": "unet_teacher", **FAST_LAYOUT}, t), t))
         for m in TEACHER_STUDENT_METHODS:
-            over = {k: v for k, v in tuned[d][m]["overrides"].items() if k != "method.confidence"}
+            over = {**{k: v for k, v in tuned[d][m]["overrides"].items() if k != "method.confidence"}, **FAST_LAYOUT}
             for s in seeds:
                 out = RESULTS / "teacher/runs" / d / m / f"seed{s}"
                 cmd = train_cmd(d, m, s, over, out, snapshots=False)
@@ -342,7 +345,7 @@ def gap_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list:
     jobs = []
     for d in datasets:
         for m in GAP_METHODS:
-            over = {"model.name": "unet_small", **tuned[d].get(m, {}).get("overrides", {})}
+            over = {"model.name": "unet_small", **tuned[d].get(m, {}).get("overrides", {}), **FAST_LAYOUT}
             for s in seeds:
                 out = RESULTS / "gap/runs" / d / "unet_small" / m / f"seed{s}"
                 jobs.append((train_cmd(d, m, s, over, out, snapshots=False), out))

@@ -126,3 +126,12 @@ def test_training_with_the_cache_equals_training_without(tmp_path):
 def test_cache_without_a_teacher_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="teacher_cache"):
         train(_cfg(tmp_path / "x", "kd", **{"train.teacher_cache": str(tmp_path / "c")}))
+
+
+def test_channels_last_run_with_a_cached_teacher(tmp_path):
+    train(_cfg(tmp_path / "teacher", "ce", **{"model.name": "unet_small"}))
+    ckpt = str(tmp_path / "teacher/checkpoints/best.pt")
+    extra = {"teacher": ckpt, "train.teacher_cache": str(tmp_path / "c"), "train.channels_last": True}
+    a = train(_cfg(tmp_path / "a", "ddsd", **extra))
+    b = train(_cfg(tmp_path / "b", "ddsd", **extra))
+    assert b["teacher_cache"]["misses"] == 0 and a["fbeta_max"] == b["fbeta_max"]

@@ -183,6 +183,8 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
     teacher: nn.Module | None = load_teacher(cfg.teacher).to(device) if cfg.teacher else None
     if teacher is not None and teacher.num_classes not in (None, k):
         raise ValueError(f"teacher {cfg.teacher} predicts {teacher.num_classes} classes, the data has {k}")
+    if teacher is not None and cfg.train.channels_last:  # channels-last input is ~20 % faster on CPU (oneDNN)
+        teacher = teacher.to(memory_format=torch.channels_last)
     if teacher is not None and cfg.train.teacher_cache:
         assert cfg.teacher is not None
         teacher = CachedTeacher(teacher, cfg.train.teacher_cache, file_fingerprint(cfg.teacher))
