@@ -117,6 +117,10 @@ def test_teacher_per_dataset_and_placeholder(tmp_path):
     teacher = {(s.dataset, s.variant.label): s.teacher for s in plan}
     assert teacher["sod", "kd"] == "t/sod/best.pt" and teacher["camvid", "ddsd"] == "cam.pt"
     assert teacher["sod", "ce"] is None and teacher["camvid", "ce"] is None
+    cached = build_plan(vs, ["sod"], [0], tmp_path, teachers=["t.pt"], teacher_cache=tmp_path / "c")
+    argv = {s.variant.label: s.argv() for s in cached}
+    assert argv["kd"][argv["kd"].index("--teacher-cache") + 1] == str(tmp_path / "c")
+    assert "--teacher-cache" not in argv["ce"]  # only the runs that read a teacher get the cache
     with pytest.raises(ValueError, match="names dataset 'isbi'"):
         build_plan(vs, ["sod"], [0], tmp_path, teachers=["isbi=x.pt"])
     with pytest.raises(ValueError, match=r"unknown key 'train\.nope'"):

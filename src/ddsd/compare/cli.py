@@ -55,6 +55,8 @@ def compare_command(
     teacher: Annotated[list[str] | None, typer.Option(
         help="teacher checkpoint for the methods that use one (kd, static, cwd, ddsd): PATH ({dataset} is "
              "replaced by the dataset name) or DATASET=PATH; repeatable")] = None,
+    teacher_cache: Annotated[Path | None, typer.Option(
+        help="folder caching the teacher's per-image logits, shared by the runs that read a teacher")] = None,
     config_dir: Annotated[Path | None, typer.Option(
         help="folder of per-dataset train configs: DIR/<dataset>.yaml is passed as --config (e.g. configs/train)")
     ] = None,
@@ -100,7 +102,8 @@ def compare_command(
             except typer.BadParameter as e:
                 raise ValueError(str(e)) from None
         data_list = [d.strip() for d in datasets.split(",") if d.strip()]
-        grid = build_plan(variants, data_list, seed_list, out, teachers=teacher or [], config_dir=config_dir,
+        grid = build_plan(variants, data_list, seed_list, out, teachers=teacher or [], teacher_cache=teacher_cache,
+                          config_dir=config_dir,
                           sets=set_ or [], epochs=epochs, size=size, model=model, snapshots=snapshots)
     except (ValueError, ConfigError) as e:
         raise _fail(str(e)) from None
@@ -111,6 +114,7 @@ def compare_command(
                       "no difference-to-baseline column")
     command = _command_line(
         methods=methods, variant=variant or [], datasets=datasets, seeds=seeds, teacher=teacher or [],
+        teacher_cache=teacher_cache,
         config_dir=config_dir, set=set_ or [], epochs=epochs, size=size, model=model, out=out, jobs=jobs,
         baseline=baseline, snapshots=snapshots if snapshots != 4 else None,
     )

@@ -163,6 +163,7 @@ class RunSpec:
     rundir: Path
     config: Path | None = None
     teacher: str | None = None
+    teacher_cache: str | None = None
     epochs: int | None = None
     size: str | None = None
     model: str | None = None
@@ -191,6 +192,8 @@ class RunSpec:
             a += ["--model", self.model]
         if self.teacher is not None:
             a += ["--teacher", self.teacher]
+            if self.teacher_cache is not None:
+                a += ["--teacher-cache", self.teacher_cache]
         a.append("--no-progress")
         if threads is not None:
             a += ["--threads", str(threads)]
@@ -224,6 +227,7 @@ def build_plan(
     out: str | Path,
     *,
     teachers: Sequence[str] = (),
+    teacher_cache: str | Path | None = None,
     config_dir: str | Path | None = None,
     sets: Sequence[str] = (),
     epochs: int | None = None,
@@ -234,7 +238,9 @@ def build_plan(
     """Every run of the grid, seed-major (all methods and datasets for the first seed come first).
 
     ``snapshots`` val images (``train.snapshots``) are saved per epoch by the first seed's run of each ddsd
-    method (for the difficulty / dropped-pixel pictures); 0 disables. Global ``sets`` come after it, then
+    method (for the difficulty / dropped-pixel pictures); 0 disables. ``teacher_cache`` (a folder) is given to
+    the runs that read a network teacher (:class:`ddsd.models.CachedTeacher`: the methods of one seed see the
+    same augmented images, so the teacher runs once per image and seed). Global ``sets`` come after it, then
     the variant's own overrides, so the most specific setting wins.
     """
     if not datasets:
@@ -261,7 +267,8 @@ def build_plan(
                 plan.append(RunSpec(
                     dataset=data, dataset_label=lab, variant=v, seed=seed, rundir=root / lab / v.label / f"seed{seed}",
                     config=cfg if cfg is not None and cfg.is_file() else None,
-                    teacher=_teacher_for(teachers, data, lab) if v.method in TEACHER_METHODS else None,
+                    teacher=(t := _teacher_for(teachers, data, lab) if v.method in TEACHER_METHODS else None),
+                    teacher_cache=str(teacher_cache) if teacher_cache is not None and t is not None else None,
                     epochs=epochs, size=size, model=model, overrides=(*extra, *sets, *v.overrides),
                 ))
     return plan
