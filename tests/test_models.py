@@ -207,6 +207,25 @@ def test_teacher_resize() -> None:
     assert teacher(x, size=torch.Size([8, 10])).shape == (1, 3, 8, 10)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_teacher_reduced_precision_and_channels_last(dtype) -> None:
+    net = create_model("unet_small", 3, base=4, depth=3).eval()
+    x = torch.randn(2, 3, 19, 23)
+    with torch.no_grad():
+        ref = net(x)
+    cl = FrozenTeacher(net, channels_last=True)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in cl.parameters() if p.dim() == 4)
+    torch.testing.assert_close(cl(x), ref, rtol=1e-4, atol=1e-5)  # layout: float rounding only
+    low = FrozenTeacher(net, autocast_dtype=dtype)
+    out = low(x, size=(10, 12))
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 10, 12)
+    full = FrozenTeacher(net)(x, size=(10, 12))
+    assert (out - full).abs().max() < 0.1 * full.abs().max()  # close to float32, but
+    assert not torch.equal(out, full)  # really computed at the lower precision
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        FrozenTeacher(net, autocast_dtype=torch.float64)
+
+
 def _checkpoint(model: nn.Module, name: str, num_classes: int, **model_cfg: object) -> dict:
     return {
         "model": model.state_dict(),

@@ -46,13 +46,14 @@ def test_ablation_jobs_change_one_thing_and_skip_the_tuned_setting(results):
 
 def test_teacher_jobs_drop_the_virtual_confidence_and_pass_the_teacher(results):
     first, second = results.teacher_jobs(["isbi2012_membrane"], [0], TUNED)
-    assert _sets(first[0][0]) == {"model.name": "unet_teacher", "train.channels_last": "true"}
+    assert _sets(first[0][0]) == {"model.name": "unet_teacher", "train.channels_last": "true", "train.amp": "bf16"}
     assert "--method" in first[0][0]
     for cmd, _ in second:
         assert "method.confidence" not in _sets(cmd)
         assert cmd[cmd.index("--teacher") + 1].endswith("teacher/seed0/checkpoints/best.pt")
         assert cmd[cmd.index("--teacher-cache") + 1].endswith(".cache/teacher-logits/isbi2012_membrane")
-    assert _sets(second[-1][0]) == {"method.r_max": "0.3", "train.channels_last": "true"}
+    assert _sets(second[-1][0]) == {"method.r_max": "0.3", "train.teacher_channels_last": "true",
+                                    "train.teacher_amp": "bf16"}
     # method-major: every seed's first (cache-filling) run comes before any run that reuses its logits
     assert [out.parent.name for _, out in second] == ["kd", "static", "ddsd"]
 

@@ -135,3 +135,14 @@ def test_channels_last_run_with_a_cached_teacher(tmp_path):
     a = train(_cfg(tmp_path / "a", "ddsd", **extra))
     b = train(_cfg(tmp_path / "b", "ddsd", **extra))
     assert b["teacher_cache"]["misses"] == 0 and a["fbeta_max"] == b["fbeta_max"]
+
+
+def test_teacher_precision_is_part_of_the_cache_key(tmp_path):
+    train(_cfg(tmp_path / "teacher", "ce"))
+    ckpt = str(tmp_path / "teacher/checkpoints/best.pt")
+    cache = str(tmp_path / "c")
+    a = train(_cfg(tmp_path / "a", "kd", teacher=ckpt, **{"train.teacher_cache": cache, "train.teacher_amp": "bf16",
+                                                          "train.teacher_channels_last": True}))
+    b = train(_cfg(tmp_path / "b", "kd", teacher=ckpt, **{"train.teacher_cache": cache}))  # fp32: other logits
+    assert a["teacher_cache"]["misses"] > 0 and b["teacher_cache"]["hits"] == 0
+    assert a["fbeta_max"] != b["fbeta_max"] or a["mae"] != b["mae"]

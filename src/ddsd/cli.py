@@ -63,6 +63,8 @@ def train(
     teacher: Annotated[str | None, typer.Option(help="checkpoint of a network teacher trained by ddsd")] = None,
     teacher_cache: Annotated[str | None, typer.Option(help="folder caching the teacher's per-image logits "
                                                       "(reused across epochs/runs that see the same images)")] = None,
+    teacher_amp: Annotated[str | None, typer.Option(help="precision of the teacher's forward alone: "
+                                                    "none | bf16 | fp16")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     lr: Annotated[float | None, typer.Option()] = None,
@@ -85,6 +87,7 @@ def train(
         flags = {
             "method.name": method, "data.name": data, "data.root": data_root, "model.name": model,
             "train.epochs": epochs, "train.seed": seed, "teacher": teacher, "train.teacher_cache": teacher_cache,
+            "train.teacher_amp": teacher_amp,
             "train.device": device,
             "data.batch_size": batch_size,
             "optim.lr": lr, "train.amp": amp, "train.compile": compile, "train.channels_last": channels_last,

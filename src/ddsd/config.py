@@ -97,6 +97,10 @@ class TrainConfig(_Strict):
     snapshots: int = Field(
         0, ge=0, description="val images whose difficulty / dropped maps are saved (first, middle, last epoch)"
     )
+    teacher_amp: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="precision of the network teacher's forward alone (the student follows train.amp)"
+    )
+    teacher_channels_last: bool = Field(False, description="run the network teacher in channels-last layout")
     teacher_cache: str | None = Field(
         None, description="folder of a disk cache of the network teacher's per-image logits (see CachedTeacher)"
     )

@@ -7,7 +7,11 @@
   after ``teacher.train()`` or ``parent.train()`` is called on a module containing it;
 * ``forward`` runs under ``torch.no_grad()`` (not ``inference_mode``: the returned logits are ordinary
   tensors that can be used as constants inside the student's autograd graph, e.g. in a KD loss);
-* optionally, logits are bilinearly resized to the student's resolution.
+* optionally, logits are bilinearly resized to the student's resolution;
+* optionally, the teacher alone runs in reduced precision and/or channels-last layout, whatever the student
+  does: a frozen teacher is inference only, and on CPU its forward is most of a distillation step
+  (``unet_teacher`` at batch 4, 256 x 256 on one core with avx512_bf16: 3.66 s float32 -> 1.41 s bf16 +
+  channels-last). Its logits are returned in float32 (with bf16 / fp16 rounding).
 
 **Never wrap the teacher in DistributedDataParallel** (nor put it inside a module that is wrapped):
 it has no trainable parameters and nothing to synchronise, and DDP would broadcast its BatchNorm buffers
@@ -33,15 +37,25 @@ class FrozenTeacher(nn.Module):
 
     Args:
         net: network mapping ``[B, C, H, W]`` to logits ``[B, K, h, w]``.
+        autocast_dtype: run the forward under ``torch.autocast(x.device.type, dtype=autocast_dtype)``
+            (``torch.bfloat16`` / ``torch.float16``) and return float32 logits; ``None`` = the caller's
+            precision (an enclosing autocast applies as usual).
+        channels_last: convert the weights once and every input to ``torch.channels_last``.
 
     ``forward(x, size=None)``: ``x [B, C, H, W]`` -> logits ``[B, K, h, w]`` detached from autograd
     (``requires_grad=False``); when ``size=(H', W')`` is given and differs from ``(h, w)``, the logits are
     bilinearly resized (``align_corners=False``) to ``[B, K, H', W']``.
     """
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(
+        self, net: nn.Module, autocast_dtype: torch.dtype | None = None, channels_last: bool = False
+    ) -> None:
         super().__init__()
-        self.net = net
+        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}")
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = bool(channels_last)
         #: the wrapped network's class count when it declares one (``None`` otherwise)
         self.num_classes: int | None = getattr(net, "num_classes", None)
         for p in self.net.parameters():
@@ -57,14 +71,22 @@ class FrozenTeacher(nn.Module):
         if self.net.training:  # e.g. someone called self.net.train() directly
             self.net.eval()
         with torch.no_grad():
-            logits = self.net(x)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.autocast_dtype is not None:
+                with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                    logits = self.net(x)
+                logits = logits.float()
+            else:
+                logits = self.net(x)
             if size is not None and tuple(logits.shape[-2:]) != tuple(size):
                 logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
         return logits
 
 
 def load_teacher(
-    checkpoint_path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True
+    checkpoint_path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True,
+    autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
 ) -> FrozenTeacher:
     """Build a :class:`FrozenTeacher` from a checkpoint file written by the training loop.
 
@@ -78,6 +100,7 @@ def load_teacher(
         map_location: passed to ``torch.load``.
         weights_only: passed to ``torch.load``; set ``False`` only for trusted files whose config holds
             objects other than plain containers/strings/numbers.
+        autocast_dtype, channels_last: how the teacher runs (see :class:`FrozenTeacher`).
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -85,4 +108,4 @@ def load_teacher(
             names the file and the key).
     """
     model, _ = load_model(checkpoint_path, map_location=map_location, weights_only=weights_only)
-    return FrozenTeacher(model).to(map_location)
+    return FrozenTeacher(model, autocast_dtype=autocast_dtype, channels_last=channels_last).to(map_location)
