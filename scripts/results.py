@@ -198,6 +198,7 @@ def paired_table(title: str, command: str, sections: dict[str, dict[str, Path]],
              "95 % t-interval (`*`: excludes 0); test split, mean ± std over seeds. MAE: lower is better. "
              "rate: the dropout rate of the first → last epoch (mean over seeds).", ""]
     total_wall = 0.0
+    counted: set[Path] = set()
     for d, variants in sections.items():
         keys = (["miou", "pixel_acc", "boundary_iou"] if d.startswith("camvid")
                 else ["fbeta_max", "mae", "iou", "boundary_iou"])
@@ -219,7 +220,8 @@ def paired_table(title: str, command: str, sections: dict[str, dict[str, Path]],
             rf = [r["rate_first"] for r in rs.values() if "rate_first" in r]
             rl = [r["rate_last"] for r in rs.values() if "rate_last" in r]
             rate = f"{sum(rf) / len(rf):.2f} → {sum(rl) / len(rl):.2f}" if rf and max(rf + rl) > 0 else "—"
-            if RESULTS / "grid" not in variants[name].parents:
+            if RESULTS / "grid" not in variants[name].parents and variants[name] not in counted:
+                counted.add(variants[name])  # a run listed in two sections counts once
                 total_wall += sum(r["wall_time_s"] for r in rs.values())
             lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " | " + " | ".join(deltas) + f" | {rate} |")
         lines.append("")
@@ -413,12 +415,19 @@ def main() -> int:
                                 "python scripts/results.py budget-table --datasets " + ",".join(datasets),
                                 sections, RESULTS / "budget" / "table.md")
         if a.stage == "teacher-table":
-            sections = {d: {"ce (no teacher, grid)": RESULTS / "grid/runs" / d / "ce",
-                            "unet_teacher (ce)": teacher_ckpt(d).parent,
-                            **{f"{m} ← unet_teacher": RESULTS / "teacher/runs" / d / m
-                               for m in TEACHER_STUDENT_METHODS},
-                            **{f"{m} ← virtual teacher (grid)": RESULTS / "grid/runs" / d / m
-                               for m in TEACHER_STUDENT_METHODS}} for d in datasets}
+            sections = {}
+            for d in datasets:
+                real = {f"{m} ← unet_teacher": RESULTS / "teacher/runs" / d / m for m in TEACHER_STUDENT_METHODS}
+                sections[d] = {"ce (no teacher, grid)": RESULTS / "grid/runs" / d / "ce",
+                               "unet_teacher (ce)": teacher_ckpt(d).parent, **real,
+                               **{f"{m} ← virtual teacher (grid)": RESULTS / "grid/runs" / d / m
+                                  for m in TEACHER_STUDENT_METHODS}}
+                # the same runs paired against pixel KD from the same teacher, and ddsd against the other teachers
+                sections[f"{d} — vs kd ← unet_teacher"] = real
+                sections[f"{d} — ddsd's teacher"] = {
+                    "ddsd ← unet_teacher": RESULTS / "teacher/runs" / d / "ddsd",
+                    "ddsd ← virtual teacher (grid)": RESULTS / "grid/runs" / d / "ddsd",
+                    "tfkd (grid)": RESULTS / "grid/runs" / d / "tfkd"}
             return paired_table("Real teacher (unet_teacher, ce) distilled into the simple student",
                                 "python scripts/results.py teacher-table --datasets " + ",".join(datasets),
                                 sections, RESULTS / "teacher" / "table.md")
