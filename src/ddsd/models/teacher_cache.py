@@ -12,7 +12,7 @@ reaches the teacher twice:
 
 With random augmentation and a single run every lookup misses and the cache only costs disk: about
 ``K * H * W * 4`` bytes per image and epoch (ISBI at 256 x 256, K = 2, 20 images, 80 epochs: 0.84 GB per seed).
-Entries are written atomically (temporary file + ``os.replace``), so concurrent runs, DDP ranks or a crash never
+Entries are written atomically (:func:`ddsd._io.atomic_write`), so concurrent runs, DDP ranks or a crash never
 leave a partial entry; an unreadable entry is recomputed and rewritten with a warning. Cached logits are the
 ones the teacher produced the first time, so they match an uncached run up to the float rounding of running
 the teacher on a different batch composition (per-image results of an eval-mode network do not depend on the
@@ -22,13 +22,13 @@ rest of the batch mathematically, only in the last bits).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ddsd._io import atomic_write
 
 __all__ = ["CachedTeacher", "file_fingerprint"]
 
@@ -109,15 +109,8 @@ class CachedTeacher(nn.Module):
         return t if isinstance(t, torch.Tensor) else None
 
     def _save(self, path: Path, logits: torch.Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:8]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(logits.detach().to("cpu").clone(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        t = logits.detach().to("cpu").clone()  # clone: a view would save the whole batch's storage
+        atomic_write(path, lambda f: torch.save(t, f))
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """``x [B, C, H, W]`` -> teacher logits ``[B, K, h, w]`` (or ``[B, K, *size]``), cached per image."""
