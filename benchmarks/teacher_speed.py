@@ -40,6 +40,16 @@ def _time(fn, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+def _interleaved_medians(fns: dict, repeats: int, device: torch.device) -> dict:
+    """Median seconds of each ``fns[k]()`` over ``repeats`` rounds; the order rotates every round."""
+    keys = list(fns)
+    times: dict = {k: [] for k in keys}
+    for r in range(repeats):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[k].append(_time(fns[k], device))
+    return {k: statistics.median(ts) for k, ts in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="unet_teacher")
@@ -64,18 +74,13 @@ def main() -> None:
     for t in variants.values():
         t.net.load_state_dict(net.state_dict())
         t(x)  # warm-up (oneDNN primitive creation, cuDNN autotuning)
-    times: dict[tuple[str, bool], list[float]] = {k: [] for k in variants}
-    keys = list(variants)
-    for r in range(a.repeats):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            times[k].append(_time(lambda k=k: variants[k](x), device))
+    fwd = _interleaved_medians({k: (lambda t=t: t(x)) for k, t in variants.items()}, a.repeats, device)
     cpu = platform.processor() or platform.machine()
     print(f"# {a.model} forward, batch {a.batch}, {h}x{w}, K={a.classes}, {a.threads} thread(s), {device}, {cpu}, "
           f"torch {torch.__version__}, median of {a.repeats}")
     print("| precision | layout | forward ms | speed-up vs float32 NCHW |\n|---|---|---:|---:|")
-    base = statistics.median(times["float32", False])
-    for (d, cl), ts in times.items():
-        m = statistics.median(ts)
+    base = fwd["float32", False]
+    for (d, cl), m in fwd.items():
         print(f"| {d} | {'channels-last' if cl else 'NCHW'} | {1000 * m:.0f} | {base / m:.2f}x |")
 
     student = create_model("simple", a.classes).to(device).train()
@@ -96,16 +101,11 @@ def main() -> None:
         cached(x, size=(h, w))  # fill: every timed lookup is a hit
         rows = {"teacher float32 NCHW": variants["float32", False], "teacher bf16 channels-last":
                 variants["bf16", True], "teacher cached (all hits)": cached}
-        st: dict[str, list[float]] = {k: [] for k in rows}
-        names = list(rows)
-        for r in range(a.repeats):
-            for k in names[r % 3:] + names[:r % 3]:
-                st[k].append(_time(lambda k=k: step(rows[k]), device))
+        st = _interleaved_medians({k: (lambda t=t: step(t)) for k, t in rows.items()}, a.repeats, device)
     print(f"\n# simple student training step with the {a.model} teacher (batch {a.batch}, {h}x{w})")
     print("| teacher | step ms | speed-up |\n|---|---:|---:|")
-    base = statistics.median(st[names[0]])
-    for k in names:
-        m = statistics.median(st[k])
+    base = st["teacher float32 NCHW"]
+    for k, m in st.items():
         print(f"| {k} | {1000 * m:.0f} | {base / m:.2f}x |")
 
 
