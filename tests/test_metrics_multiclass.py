@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from ddsd.metrics import MULTICLASS_KEYS, MulticlassSegMetrics
+from ddsd.metrics import MULTICLASS_KEYS, MulticlassSegMetrics, boundary_dilation
 from tests.test_metrics_functional import numpy_band
 
 
@@ -42,15 +42,18 @@ def torchmetrics_scores(batches, k):
     return float(jac.compute()), jac_none.compute().double(), float(acc.compute())
 
 
-def numpy_boundary_iou(batches, k, width):
+def numpy_boundary_iou(batches, k, width=None):
+    """Per-class band intersections / unions summed over the split, nanmean over classes; ``width=None``: the
+    band is 2 % of each image's diagonal (Cheng et al.)."""
     inter = np.zeros(k)
     union = np.zeros(k)
     for pred, target in batches:
         for p, t in zip(pred.numpy(), target.numpy(), strict=True):
+            d = width or boundary_dilation(*t.shape)
             valid = t != 255
             for c in range(k):
-                gb = numpy_band(t == c, width) & valid
-                pb = numpy_band(p == c, width) & valid
+                gb = numpy_band(t == c, d) & valid
+                pb = numpy_band(p == c, d) & valid
                 inter[c] += np.sum(gb & pb)
                 union[c] += np.sum(gb | pb)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -74,7 +77,7 @@ def test_random_with_ignore_matches_torchmetrics_and_numpy(k):
     assert out["miou"] == pytest.approx(miou, abs=1e-6)
     assert out["pixel_acc"] == pytest.approx(acc, abs=1e-6)
     np.testing.assert_allclose(list(out["per_class_iou"].values()), per_class.numpy(), atol=1e-6)
-    assert out["boundary_iou"] == pytest.approx(numpy_boundary_iou(batches, k, 3), rel=1e-12)
+    assert out["boundary_iou"] == pytest.approx(numpy_boundary_iou(batches, k), rel=1e-12)
     # the confusion matrix counts exactly the valid pixels
     n_valid = sum(int((t != 255).sum()) for _, t in batches)
     assert int(m.confmat.sum()) == n_valid and m.confmat.dtype == torch.int64
@@ -145,7 +148,13 @@ def test_perfect_prediction_and_ignore_respected():
     pred[target == 255] = 1  # predictions under ignore pixels do not count
     pred = pred.clamp(max=2)
     _, out = run([(pred, target)], 3)
-    assert out["miou"] == out["pixel_acc"] == out["mean_class_acc"] == out["boundary_iou"] == 1.0
+    assert out["miou"] == out["pixel_acc"] == out["mean_class_acc"] == 1.0
+    # the target's bands also run along ignored regions (an ignored region is not class c), the prediction's
+    # do not: boundary IoU is below 1 there, as the per-class reference gives
+    assert out["boundary_iou"] == pytest.approx(numpy_boundary_iou([(pred, target)], 3), rel=1e-12)
+    assert out["boundary_iou"] < 1.0
+    _, out = run([(target.clamp(max=2), target.clamp(max=2))], 3)  # no ignore pixels: a perfect 1.0
+    assert out["boundary_iou"] == 1.0
 
 
 @pytest.mark.parametrize("width", [1, 2])

@@ -137,6 +137,8 @@ def eval_(
     device: Annotated[str, typer.Option()] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics to this JSON file")] = None,
+    boundary_width: Annotated[int | None, typer.Option(
+        min=1, help="boundary IoU band in pixels (round 1 used 3); default: 2 % of each mask's diagonal")] = None,
 ) -> None:
     """Score a checkpoint on a split with the field's metrics."""
     from ddsd.data import build_dataset, load_spec
@@ -153,7 +155,7 @@ def eval_(
             raise ValueError(f"{checkpoint} predicts {k} classes but dataset '{spec.name}' has {spec.num_classes}")
         hw = parse_size(size) if size else (tuple(cfg["data"]["size"]) if cfg["data"].get("size") else None)
         ds = build_dataset(spec, split, hw, augment=False, cache_dir=cfg["data"].get("cache_dir"))
-        metrics = evaluate(model.to(device), ds, device, batch_size)
+        metrics = evaluate(model.to(device), ds, device, batch_size, boundary_width=boundary_width)
     except (DataError, CheckpointError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         raise _fail(str(e)) from None
     t = Table(title=f"{checkpoint} on {spec.name}/{split} ({metrics['num_images']} images)")

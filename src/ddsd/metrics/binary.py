@@ -34,8 +34,12 @@ Scores (keys of :meth:`BinarySegMetrics.compute`), ``P`` = prediction map, ``G``
 * ``e_measure_*``: enhanced-alignment measure (Fan et al. 2018), adaptive / max / mean as for F-beta.
 * ``iou = |B ∩ G| / |B ∪ G|`` and ``dice = 2 |B ∩ G| / (|B| + |G|)`` with ``B = P > 0.5`` (the same strict
   threshold as ``torchmetrics``' binary metrics); both are **1.0 when B and G are both empty**.
-* ``boundary_iou = |Gb ∩ Pb| / |Gb ∪ Pb|`` with ``Gb = boundary_band(G, w)``, ``Pb = boundary_band(B, w)``
-  (see :func:`ddsd.metrics.functional.boundary_band`); 1.0 when both bands are empty.
+* ``boundary_iou = |Gb ∩ Pb| / |Gb ∪ Pb|`` with ``Gb = boundary_band(G)``, ``Pb = boundary_band(B)``
+  (:func:`ddsd.metrics.functional.boundary_band`), per image, then averaged over images: Cheng et al.'s
+  Boundary IoU of one mask pair, ``|(G_d ∩ G) ∩ (P_d ∩ P)| / |(G_d ∩ G) ∪ (P_d ∩ P)|``, with the band width
+  ``d = max(1, round(0.02 * diagonal))`` of each image by default (``boundary_dilation_ratio``), or a fixed
+  ``boundary_width`` in pixels (the first results round used 3). 1.0 when both bands are empty (both masks
+  empty), where the reference divides 0 by 0.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import torch
 from torch import Tensor
 
 from ddsd.metrics._dist import all_gather_objects, dist_active
-from ddsd.metrics.functional import boundary_band
+from ddsd.metrics.functional import DEFAULT_DILATION_RATIO, boundary_band, check_boundary_options
 
 __all__ = ["BINARY_KEYS", "BinarySegMetrics", "binary_overlap_scores"]
 
@@ -81,13 +85,15 @@ _SOD_LISTS = {
 _OWN_LISTS = ("iou", "dice", "boundary_iou")
 
 
-def binary_overlap_scores(pred: Tensor, gt: Tensor, boundary_width: int = 3) -> dict[str, Tensor]:
+def binary_overlap_scores(pred: Tensor, gt: Tensor, boundary_width: int | None = None,
+                          boundary_dilation_ratio: float = DEFAULT_DILATION_RATIO) -> dict[str, Tensor]:
     """IoU, Dice and boundary IoU of binary masks, per image.
 
     Args:
         pred: bool ``[B, H, W]`` (the thresholded prediction).
         gt: bool ``[B, H, W]``.
-        boundary_width: band width ``w`` in pixels.
+        boundary_width: band width ``w`` in pixels; ``None``: ``w = max(1, round(ratio * sqrt(H^2 + W^2)))``.
+        boundary_dilation_ratio: that ``ratio`` (Cheng et al.'s 0.02).
 
     Returns:
         ``{"iou", "dice", "boundary_iou"}`` each float64 ``[B]``: ``|P∩G|/|P∪G|``, ``2|P∩G|/(|P|+|G|)``,
@@ -103,8 +109,8 @@ def binary_overlap_scores(pred: Tensor, gt: Tensor, boundary_width: int = 3) -> 
     inter = (pred & gt).flatten(1).sum(1)
     union = (pred | gt).flatten(1).sum(1)
     sizes = pred.flatten(1).sum(1) + gt.flatten(1).sum(1)
-    pb = boundary_band(pred, boundary_width)
-    gb = boundary_band(gt, boundary_width)
+    pb = boundary_band(pred, boundary_width, boundary_dilation_ratio)
+    gb = boundary_band(gt, boundary_width, boundary_dilation_ratio)
     b_inter = (pb & gb).flatten(1).sum(1)
     b_union = (pb | gb).flatten(1).sum(1)
     return {
@@ -135,7 +141,9 @@ class BinarySegMetrics:
     """Accumulates per-image binary object-segmentation scores over a split (see the module docstring).
 
     Args:
-        boundary_width: width ``w`` (pixels) of the boundary band for ``boundary_iou``.
+        boundary_width: fixed width ``w`` (pixels) of the boundary band for ``boundary_iou``; ``None``
+            (default): Cheng et al.'s ``w = max(1, round(boundary_dilation_ratio * diagonal))`` per image.
+        boundary_dilation_ratio: the band's width as a fraction of the image diagonal (default 0.02).
         quantize_8bit: round the map to 8 bits (``round(p * 255) / 255``) before scoring, as a saved PNG.
         wfbeta_beta2: ``beta^2`` of the weighted F-measure (1.0, the field's and pysodmetrics' default).
 
@@ -145,10 +153,11 @@ class BinarySegMetrics:
     main_metric = "fbeta_max"
     higher_is_better = True
 
-    def __init__(self, boundary_width: int = 3, quantize_8bit: bool = False, wfbeta_beta2: float = 1.0):
-        if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 1:
-            raise ValueError(f"boundary_width must be an integer >= 1, got {boundary_width!r}")
+    def __init__(self, boundary_width: int | None = None, quantize_8bit: bool = False, wfbeta_beta2: float = 1.0,
+                 boundary_dilation_ratio: float = DEFAULT_DILATION_RATIO):
+        check_boundary_options(boundary_width, boundary_dilation_ratio)
         self.boundary_width = boundary_width
+        self.boundary_dilation_ratio = float(boundary_dilation_ratio)
         self.quantize_8bit = bool(quantize_8bit)
         self.wfbeta_beta2 = float(wfbeta_beta2)
         self.reset()
@@ -214,7 +223,8 @@ class BinarySegMetrics:
             gi = np.ascontiguousarray(gi)
             for evaluator in self._sod.values():
                 evaluator.step(pred=pi, gt=gi, normalize=False)
-        scores = binary_overlap_scores(torch.from_numpy(p > 0.5), torch.from_numpy(g), self.boundary_width)
+        scores = binary_overlap_scores(torch.from_numpy(p > 0.5), torch.from_numpy(g), self.boundary_width,
+                                       self.boundary_dilation_ratio)
         for key in _OWN_LISTS:
             self._own[key].extend(scores[key].tolist())
         self._synced = False

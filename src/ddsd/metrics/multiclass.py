@@ -10,8 +10,12 @@ columns = prediction; pixels with ``target == ignore_index`` are left out):
 * ``mean_class_acc = nanmean_c cm[c,c] / sum_p cm[c,p]`` (per-class recall), NaN for classes absent from
   the target (mmsegmentation's ``mAcc``).
 * ``boundary_iou = nanmean_c I_c / U_c`` with, summed over the split, ``I_c = |Gb_c ∩ Pb_c|``,
-  ``U_c = |Gb_c ∪ Pb_c|`` on valid pixels, ``Gb_c = boundary_band(target == c, w)``,
-  ``Pb_c = boundary_band(pred == c, w)``; NaN (left out) where ``U_c = 0``. The target's band is computed
+  ``U_c = |Gb_c ∪ Pb_c|`` on valid pixels, ``Gb_c = boundary_band(target == c)``,
+  ``Pb_c = boundary_band(pred == c)``; NaN (left out) where ``U_c = 0``. The bands are Cheng et al.'s
+  (``G_d ∩ G``) with ``d = max(1, round(0.02 * diagonal))`` of each image by default, or a fixed
+  ``boundary_width``; the per-class aggregation over the split is the one of ``miou`` (the reference
+  defines Boundary IoU for one mask pair and leaves the semantic-segmentation aggregation open).
+  The target's band is computed
   on the label map including ``ignore_index`` regions, so class pixels next to an ignored region (e.g. the
   VOC outline) lie on a boundary; ignored pixels themselves are never counted.
 
@@ -33,7 +37,15 @@ import torch
 from torch import Tensor
 
 from ddsd.metrics._dist import all_reduce_sum_int64, dist_active
-from ddsd.metrics.functional import class_argmax, confusion_matrix, iou_from_confmat, label_boundary, nanmean
+from ddsd.metrics.functional import (
+    DEFAULT_DILATION_RATIO,
+    check_boundary_options,
+    class_argmax,
+    confusion_matrix,
+    iou_from_confmat,
+    label_boundary,
+    nanmean,
+)
 
 __all__ = ["MULTICLASS_KEYS", "MulticlassSegMetrics"]
 
@@ -51,8 +63,10 @@ class MulticlassSegMetrics:
     Args:
         num_classes: ``K``.
         ignore_index: target value left out of every count (outside ``0..K-1``, e.g. 255).
-        boundary_width: width ``w`` (pixels) of the boundary band for ``boundary_iou``.
+        boundary_width: fixed width ``w`` (pixels) of the boundary band for ``boundary_iou``; ``None``
+            (default): Cheng et al.'s ``w = max(1, round(boundary_dilation_ratio * diagonal))`` per image.
         class_names: ``K`` names for ``per_class_iou`` (default ``"0" .. "K-1"``).
+        boundary_dilation_ratio: the band's width as a fraction of the image diagonal (default 0.02).
 
     Attributes:
         confmat: ``int64 [K, K]`` on CPU, rows = target, columns = prediction.
@@ -66,15 +80,15 @@ class MulticlassSegMetrics:
         self,
         num_classes: int,
         ignore_index: int = 255,
-        boundary_width: int = 3,
+        boundary_width: int | None = None,
         class_names: Sequence[str] | None = None,
+        boundary_dilation_ratio: float = DEFAULT_DILATION_RATIO,
     ):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         if 0 <= ignore_index < num_classes:
             raise ValueError(f"ignore_index={ignore_index} must not be a class id in 0..{num_classes - 1}")
-        if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 1:
-            raise ValueError(f"boundary_width must be an integer >= 1, got {boundary_width!r}")
+        check_boundary_options(boundary_width, boundary_dilation_ratio)
         if class_names is None:
             class_names = [str(i) for i in range(num_classes)]
         class_names = [str(n) for n in class_names]
@@ -83,6 +97,7 @@ class MulticlassSegMetrics:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.boundary_width = boundary_width
+        self.boundary_dilation_ratio = float(boundary_dilation_ratio)
         self.class_names = class_names
         self.reset()
 
@@ -126,8 +141,8 @@ class MulticlassSegMetrics:
         self.confmat += confusion_matrix(pred, target, k, self.ignore_index).cpu()
 
         valid = target != self.ignore_index
-        gb = label_boundary(target, self.boundary_width) & valid
-        pb = label_boundary(pred, self.boundary_width) & valid
+        gb = label_boundary(target, self.boundary_width, self.boundary_dilation_ratio) & valid
+        pb = label_boundary(pred, self.boundary_width, self.boundary_dilation_ratio) & valid
         g_count = torch.bincount(target[gb], minlength=k)
         p_count = torch.bincount(pred[pb], minlength=k)
         inter = torch.bincount(target[gb & pb & (target == pred)], minlength=k)
