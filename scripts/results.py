@@ -13,6 +13,9 @@
     python scripts/results.py teacher-table|gap-table|budget-table --datasets ...
     python scripts/results.py classes --datasets camvid --methods ce,kd,tfkd,ddsd  # per-class IoU vs ce
 
+Round 2 (issue 15; scripts/results_round2.py): fair-tune, fair-select, fair-grid, own, controls, strength and
+fair-table, own-table, controls-table, strength-table, strength-plot, under docs/results/round2/.
+
 ``--extra key=value,...`` adds overrides that must not change what a run measures (device, amp, workers), e.g.
 to run a stage on a GPU machine.
 
@@ -32,6 +35,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.modules.setdefault("results", sys.modules[__name__])  # one module object for results_round2 to import
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 
@@ -70,6 +76,10 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "a=1.0": {"method.confidence": 1.0},
     "ce_on_dropped=false": {"method.ce_on_dropped": False},
 }
+
+
+ROUND2_STAGES = ("fair-tune", "fair-select", "fair-grid", "own", "controls", "strength", "fair-table", "own-table",
+                 "controls-table", "strength-table", "strength-plot")  # scripts/results_round2.py
 
 
 def cand_name(c: dict[str, float]) -> str:
@@ -394,20 +404,24 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["tune", "select", "grid", "paired", "ablate", "ablate-table", "teacher",
                                       "teacher-table", "gap", "gap-table", "budget", "budget-table",
-                                      "classes"])
+                                      "classes", *ROUND2_STAGES])
     p.add_argument("--plan", action="store_true", help="print the commands of the unfinished runs and stop")
     p.add_argument("--extra", default="", help="comma-separated overrides that do not change what a run measures")
     p.add_argument("--a", default="ddsd", help="paired: method a (a - b)")
     p.add_argument("--b", default="kd", help="paired: method b")
     p.add_argument("--datasets", default="sod,crackforest,isbi2012_membrane,camvid")
-    p.add_argument("--methods", default=",".join(CANDIDATES))
+    p.add_argument("--methods", default=None, help="default: round 1's methods; round 2: ce + the KD family")
     p.add_argument("--seeds", default="0-4")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     a = p.parse_args()
     EXTRA.extend(x for x in a.extra.split(",") if x)
     global PLAN
     PLAN = a.plan
-    datasets, methods = a.datasets.split(","), a.methods.split(",")
+    datasets, methods = a.datasets.split(","), (a.methods or ",".join(CANDIDATES)).split(",")
+    if a.stage in ROUND2_STAGES:
+        import results_round2
+
+        return results_round2.main(a, datasets, a.methods.split(",") if a.methods else None)
     tuned_path = RESULTS / "tuned.json"
     if a.stage == "paired":
         return paired(datasets, a.a, a.b)
