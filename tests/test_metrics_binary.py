@@ -248,3 +248,25 @@ def test_input_validation():
     with pytest.raises(ValueError):
         BinarySegMetrics(boundary_width=0)
     assert m.num_images == 0
+
+
+def test_mean_pr_curve_is_pysodmetrics_and_differs_from_the_per_image_f_curve():
+    rng = np.random.default_rng(7)
+    images = [blob_image(rng, 30 + i, 40 - i) for i in range(5)]
+    m = BinarySegMetrics()
+    for prob, gt in images:
+        m.update(prob, gt)
+    p, r = m.mean_pr_curve()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fm = sod.Fmeasure()
+    for prob, gt in images:
+        fm.step(pred=prob, gt=gt, normalize=False)
+    ref = fm.get_results()["pr"]
+    np.testing.assert_allclose(p, ref["p"], rtol=1e-12)
+    np.testing.assert_allclose(r, ref["r"], rtol=1e-12)
+    assert p.shape == r.shape == (256,)
+    f_of_mean = np.max(1.3 * p * r / np.maximum(0.3 * p + r, 1e-12))
+    assert abs(f_of_mean - m.compute()["fbeta_max"]) > 1e-4  # two conventions, two numbers
+    with pytest.raises(ValueError, match="no image"):
+        BinarySegMetrics().mean_pr_curve()

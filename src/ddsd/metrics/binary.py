@@ -242,6 +242,16 @@ class BinarySegMetrics:
             **{k: list(v) for k, v in self._own.items()},
         }
 
+    def mean_pr_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean precision and recall over images at the 256 thresholds ``t = 0..255`` (pysodmetrics' ``pr``
+        result), each float64 ``[256]``: for comparisons with codes that report ``max_t F(mean P(t), mean R(t))``
+        ("F of the mean PR curve") instead of ``fbeta_max`` (max of the mean per-image F curve); see
+        docs/metrics.md."""
+        if self.num_images == 0:
+            raise ValueError("mean_pr_curve: no image has been added")
+        pr = self._sod["fm"].get_results()["pr"]
+        return np.asarray(pr["p"], dtype=np.float64), np.asarray(pr["r"], dtype=np.float64)
+
     def sync(self) -> None:
         """Gather every rank's per-image scores so that each rank holds the whole split (DDP).
 
