@@ -176,6 +176,14 @@ def grid_jobs(datasets: list[str], methods: list[str], seeds: list[int], tuned: 
     return jobs
 
 
+def need(tuned: dict, d: str, *methods: str) -> None:
+    """Stop with an actionable message unless round2/tuned.json holds ``methods`` for dataset ``d``."""
+    missing = [m for m in methods if m not in tuned.get(d, {})]
+    if missing:
+        raise SystemExit(f"{root() / 'tuned.json'} has no {', '.join(missing)} for {d}: run fair-tune and "
+                         f"fair-select --datasets {d} first")
+
+
 def shared_of(over: dict) -> dict:
     return {k: over[k] for k in SHARED_KEYS if k in over}
 
@@ -183,6 +191,7 @@ def shared_of(over: dict) -> dict:
 def own_arms(d: str, tuned: dict) -> dict[str, tuple[dict, Path]]:
     """``ddsd@<base>`` -> (overrides, runs root): ddsd's tuned dropout at ``base``'s tuned (a, T, w); an arm
     equal to ddsd's own tuned setting is the fair grid's ddsd (no new runs)."""
+    need(tuned, d, "ddsd", *OWN_BASES)
     ddsd = tuned[d]["ddsd"]["overrides"]
     arms = {}
     for base in OWN_BASES:
@@ -206,6 +215,7 @@ def own_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list:
 def control_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list:
     jobs = []
     for d in datasets:
+        need(tuned, d, "ddsd")
         for sel in CONTROLS:
             over = {**tuned[d]["ddsd"]["overrides"], "method.selection": sel}
             for s in seeds:
@@ -223,6 +233,7 @@ def strength_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> tuple[l
     fills the teacher-logit cache before the next method reads it."""
     first, second = [], []
     for d in datasets:
+        need(tuned, d, *STRENGTH_METHODS)
         epochs = r1.config_epochs(d)
         for tname, model, share in STRENGTH_TEACHERS:
             t = teacher_run(d, tname)

@@ -192,6 +192,8 @@ def test_round2_own_controls_and_strength_plans(round2, capsys):
     assert len(own) == 2 and all("/own/runs/sod/ddsd@kd/" in c[c.index("--out") + 1] for c in own)
     s = _sets(own[0])
     assert (s["method.temperature"], s["method.kd_weight"], s["method.r_max"]) == ("1.0", "1.0", "0.3")
+    with pytest.raises(SystemExit, match="has no ddsd for isbi2012_membrane: run fair-tune and fair-select"):
+        run(capsys, "controls", "--plan", "--datasets", "isbi2012_membrane")
     _, ctrl = run(capsys, "controls", "--plan", "--datasets", "sod", "--seeds", "0-4")
     assert len(ctrl) == 15 and {_sets(c)["method.selection"] for c in ctrl} == {"random", "easiest", "bernoulli"}
     assert all(_sets(c)["method.r_max"] == "0.3" and c[c.index("--method") + 1] == "ddsd" for c in ctrl)
