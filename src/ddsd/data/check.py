@@ -19,7 +19,10 @@ from ddsd.data.errors import MAX_SHOWN, DataError, ErrorCollector, format_errors
 from ddsd.data.layouts import Sample, resolve_split, split_exists, unlisted_files
 from ddsd.data.procedural import generate_split
 from ddsd.data.reader import LoadedPair, load_pair, thread_map
-from ddsd.data.spec import IGNORE_INDEX, DatasetSpec
+from ddsd.data.spec import IGNORE_INDEX, DatasetSpec, require_root
+
+
+OTHER_SPLIT_NAMES = ("train", "val", "test", "trainval", "valid", "validation", "dev")
 
 
 @dataclass
@@ -89,8 +92,10 @@ def check_dataset(spec: DatasetSpec | str, splits: list[str] | None = None, stri
         return CheckReport(not errors, errors.errors, warnings, summary)
 
     assert spec.root is not None
-    if not spec.root.is_dir():
-        errors.add(f"{spec.root}: dataset root folder is missing")
+    try:
+        require_root(spec)
+    except DataError as e:
+        errors.add(str(e))
         return CheckReport(False, errors.errors, warnings, summary)
     if splits is None:
         splits = [s for s in spec.splits if split_exists(spec, s)]
@@ -113,10 +118,24 @@ def check_dataset(spec: DatasetSpec | str, splits: list[str] | None = None, stri
                 warnings.append(f"{s.image}: '{s.stem}' is in both split '{owner[s.stem]}' and '{split}'")
             owner.setdefault(s.stem, split)
         summary["splits"][split] = _check_split(spec, samples, strict, errors, workers)
+    _add_unchecked_lists(spec, splits, used)
     unlisted = unlisted_files(spec, used)
     if unlisted:
-        warnings.append(f"{len(unlisted)} image/mask file(s) in no checked split, e.g. {unlisted[0]}")
+        warnings.append(f"{len(unlisted)} image/mask file(s) listed in no split list, e.g. {unlisted[0]}")
     return CheckReport(not errors, errors.errors, warnings, summary)
+
+
+def _add_unchecked_lists(spec: DatasetSpec, checked: list[str], used: dict[Path, set[Path]]) -> None:
+    """Add to ``used`` the files that split lists other than the ``checked`` ones name (``--split train`` or a
+    list that is not one of ``spec.splits``): such files are in a split, only not in a checked one."""
+    others = dict.fromkeys([*spec.splits, *spec.split_files, *OTHER_SPLIT_NAMES])
+    for split in others:
+        if split in checked or not (spec.root / spec.split_file_for(split)).is_file():  # type: ignore[operator]
+            continue
+        for s in resolve_split(spec, split, ErrorCollector()):
+            for f in (s.image, s.mask):
+                if f.parent in used:
+                    used[f.parent].add(f)
 
 
 def _check_split(spec: DatasetSpec, samples: list[Sample], strict: bool, errors: ErrorCollector,

@@ -20,7 +20,7 @@ from ddsd.data.errors import DataError, ErrorCollector
 from ddsd.data.layouts import Sample, resolve_split
 from ddsd.data.procedural import generate_split
 from ddsd.data.reader import LoadedPair, load_pair, thread_map
-from ddsd.data.spec import DatasetSpec
+from ddsd.data.spec import DatasetSpec, require_root
 from ddsd.data.transforms import augment as augment_pair
 from ddsd.data.transforms import mask_to_tensor, sample_rng, to_tensor
 
@@ -155,6 +155,7 @@ def build_dataset(spec: DatasetSpec | str, split: str, size: tuple[int, int] | N
         return SegDataset(spec, split, stems, arrays=(images, masks), size=size, augment=augment, seed=seed,
                           original_sizes=[size] * len(stems))
 
+    require_root(spec)
     errors = ErrorCollector()
     samples = resolve_split(spec, split, errors)
     stems = [s.stem for s in samples]

@@ -1,6 +1,8 @@
 """Reading images and decoding masks into class ids.
 
-Images come back as ``uint8 [H, W, 3]`` (grey replicated to 3 channels, alpha dropped). Masks come back as
+Every file is opened through :func:`open_image`, which applies the EXIF orientation (``ImageOps.exif_transpose``)
+so that pixels are in the displayed orientation, as image viewers and annotation tools show them (masks too,
+when they carry the tag). Images come back as ``uint8 [H, W, 3]`` (grey replicated to 3 channels, alpha dropped). Masks come back as
 ``uint8 [H, W]`` class ids ``0..K-1`` with void = 255, from one of three encodings (see
 :class:`ddsd.data.spec.DatasetSpec`). Every problem is reported as text naming the file and the value.
 """
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ddsd.data.spec import IGNORE_INDEX, DatasetSpec
 
@@ -31,16 +33,44 @@ class DecodedMask:
     inbetween: int = 0
 
 
+EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 / 270 degrees
+
+
 def open_image(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` (so truncated files fail here); raises :class:`ReadError`."""
+    """Open and fully decode ``path`` (so truncated files fail here) in its displayed orientation (the EXIF
+    orientation tag, if any, is applied and dropped); raises :class:`ReadError`."""
     try:
         img = Image.open(path)
         img.load()
+        ImageOps.exif_transpose(img, in_place=True)
     except FileNotFoundError:
         raise ReadError(f"{path}: file not found") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
         raise ReadError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     return img
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation tag of ``path`` (1 = none; 2-8 = flipped / rotated), read from the header only."""
+    try:
+        with Image.open(path) as img:
+            return int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # unreadable files are reported where they are decoded
+        return 1
+
+
+def displayed_size(path: Path) -> Size:
+    """(H, W) of ``path`` as displayed (EXIF rotation applied), from the header only; raises :class:`ReadError`."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            turned = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1) in _SWAPS_AXES
+    except FileNotFoundError:
+        raise ReadError(f"{path}: file not found") from None
+    except Exception as e:
+        raise ReadError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return (w, h) if turned else (h, w)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

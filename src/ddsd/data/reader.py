@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ddsd.data.encodings import ReadError, decode_mask, open_image, read_mask_array, resize_ids, to_rgb
+from ddsd.data.encodings import ReadError, decode_mask, exif_orientation, open_image, read_mask_array, resize_ids, to_rgb
 from ddsd.data.layouts import Sample
 from ddsd.data.spec import DatasetSpec
 
@@ -55,7 +55,10 @@ def load_pair(sample: Sample, spec: DatasetSpec, size: tuple[int, int] | None = 
         return LoadedPair(sample, None, None, None, errors)
     h0, w0 = raw.shape[:2]
     if img.size != (w0, h0):
-        errors.append(f"{sample.image}: image is {img.size[0]}x{img.size[1]} (WxH) but its mask "
+        turned = exif_orientation(sample.image) in (5, 6, 7, 8)
+        exif = (" after applying its EXIF rotation (stored as "
+                f"{img.size[1]}x{img.size[0]}; the mask must be drawn on the image as displayed)") if turned else ""
+        errors.append(f"{sample.image}: image is {img.size[0]}x{img.size[1]} (WxH){exif} but its mask "
                       f"{sample.mask} is {w0}x{h0}")
     dec = decode_mask(raw, spec, sample.mask)
     errors += dec.errors
