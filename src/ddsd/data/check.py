@@ -21,7 +21,6 @@ from ddsd.data.procedural import generate_split
 from ddsd.data.reader import LoadedPair, load_pair, thread_map
 from ddsd.data.spec import IGNORE_INDEX, DatasetSpec, require_root
 
-
 OTHER_SPLIT_NAMES = ("train", "val", "test", "trainval", "valid", "validation", "dev")
 
 

@@ -1,10 +1,11 @@
 """Reading images and decoding masks into class ids.
 
-Every file is opened through :func:`open_image`, which applies the EXIF orientation (``ImageOps.exif_transpose``)
-so that pixels are in the displayed orientation, as image viewers and annotation tools show them (masks too,
-when they carry the tag). Images come back as ``uint8 [H, W, 3]`` (grey replicated to 3 channels, alpha dropped). Masks come back as
-``uint8 [H, W]`` class ids ``0..K-1`` with void = 255, from one of three encodings (see
-:class:`ddsd.data.spec.DatasetSpec`). Every problem is reported as text naming the file and the value.
+Every file is opened through :func:`open_image`, which applies the EXIF orientation
+(``ImageOps.exif_transpose``) so that pixels are in the displayed orientation, as image viewers and annotation
+tools show them (masks too, when they carry the tag). Images come back as ``uint8 [H, W, 3]`` (grey replicated
+to 3 channels, alpha dropped). Masks come back as ``uint8 [H, W]`` class ids ``0..K-1`` with void = 255, from
+one of three encodings (see :class:`ddsd.data.spec.DatasetSpec`). Every problem is reported as text naming the
+file and the value.
 """
 
 from __future__ import annotations

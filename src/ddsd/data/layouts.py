@@ -112,7 +112,8 @@ def resolve_split(spec: DatasetSpec, split: str, errors: ErrorCollector) -> list
             if not any(c.isspace() for c in line):
                 return False
             name = Path(line)
-            as_file = "/" not in line and name.suffix.lower() in IMAGE_EXTS and (name.stem in images or name.stem in masks)
+            as_file = ("/" not in line and name.suffix.lower() in IMAGE_EXTS
+                       and (name.stem in images or name.stem in masks))
             return line in images or line in masks or as_file or (root / line).is_file()
 
         entries = read_split_list(list_path, is_name)

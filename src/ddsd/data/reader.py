@@ -14,7 +14,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from ddsd.data.encodings import ReadError, decode_mask, exif_orientation, open_image, read_mask_array, resize_ids, to_rgb
+from ddsd.data.encodings import (
+    ReadError,
+    decode_mask,
+    exif_orientation,
+    open_image,
+    read_mask_array,
+    resize_ids,
+    to_rgb,
+)
 from ddsd.data.layouts import Sample
 from ddsd.data.spec import DatasetSpec
 
