@@ -33,13 +33,15 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ddsd"
 
 
-def cache_key(spec: DatasetSpec, split: str, samples: Sequence[Sample], size: tuple[int, int]) -> str:
+def cache_key(spec: DatasetSpec, split: str, samples: Sequence[Sample], size: tuple[int, int],
+              pad: bool = False) -> str:
     """Hex digest identifying the decoded arrays of ``samples`` at ``size``; stats every source file."""
     h = hashlib.sha256()
     params = {
         "version": CACHE_VERSION,
         "split": split,
         "size": list(size),
+        "pad": pad,
         "encoding": spec.encoding,
         "void_value": spec.void_value,
         "colors": {str(k): list(v) for k, v in sorted(spec.colors.items())},

@@ -19,6 +19,7 @@ from ddsd.data.errors import MAX_SHOWN, DataError, ErrorCollector, format_errors
 from ddsd.data.layouts import Sample, resolve_split, split_exists, unlisted_files
 from ddsd.data.procedural import generate_split
 from ddsd.data.reader import LoadedPair, load_pair, thread_map
+from ddsd.data.sizing import pick_size
 from ddsd.data.spec import IGNORE_INDEX, DatasetSpec, require_root
 
 OTHER_SPLIT_NAMES = ("train", "val", "test", "trainval", "valid", "validation", "dev")
@@ -31,7 +32,9 @@ class CheckReport:
     ``summary``: ``name``, ``layout``, ``encoding``, ``description`` (what was detected, if anything),
     ``class_names``, ``void_value`` and ``splits``: split -> ``count``, ``sizes`` ("WxH" -> images),
     ``class_share`` (class name -> fraction of all mask pixels of the split, void included), ``void_share``,
-    ``inbetween_files`` / ``inbetween_pixels`` (binary masks with values strictly between 0 and 255).
+    ``inbetween_files`` / ``inbetween_pixels`` (binary masks with values strictly between 0 and 255),
+    ``size_range`` (``width`` / ``height``: [min, median, max]); ``training_size``: ``size`` [H, W] and ``reason``,
+    what ``ddsd train`` uses without ``data.size`` (None when the train split was not checked).
     """
 
     ok: bool
@@ -47,13 +50,32 @@ class CheckReport:
             raise DataError(f"dataset '{self.summary.get('name', '?')}'", self.errors)
 
 
+def _min_median_max(values: list[int]) -> list[int]:
+    return [values[0], values[(len(values) - 1) // 2], values[-1]] if values else []
+
+
+def _training_size(spec: DatasetSpec, sizes: Counter | None) -> dict[str, Any] | None:
+    """What ``ddsd train`` would use without ``data.size`` (``data.resize=auto``), from the train split."""
+    if spec.size is not None:
+        return {"size": list(spec.size), "reason": f"the size of dataset '{spec.name}'"}
+    if spec.layout == "procedural":
+        return {"size": [64, 64], "reason": "the procedural set's default"}
+    if not sizes:
+        return None
+    size, why = pick_size([(h, w) for (w, h), n in sizes.items() for _ in range(n)])
+    return {"size": list(size), "reason": f"chosen from the data: {why}"}
+
+
 def _split_summary(spec: DatasetSpec, pixel_counts: np.ndarray, sizes: Counter, count: int,
                    inbetween_files: int, inbetween_pixels: int) -> dict[str, Any]:
     total = int(pixel_counts.sum())
     share = pixel_counts / total if total else np.zeros_like(pixel_counts, dtype=np.float64)
+    widths = sorted(w for (w, _), n in sizes.items() for _ in range(n))
+    heights = sorted(h for (_, h), n in sizes.items() for _ in range(n))
     return {
         "count": count,
         "sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common()},
+        "size_range": {"width": _min_median_max(widths), "height": _min_median_max(heights)},
         "class_share": {name: float(share[i]) for i, name in enumerate(spec.class_names)},
         "void_share": float(share[IGNORE_INDEX]),
         "inbetween_files": inbetween_files,
@@ -88,6 +110,7 @@ def check_dataset(spec: DatasetSpec | str, splits: list[str] | None = None, stri
             h, w = masks.shape[1:]
             summary["splits"][split] = _split_summary(spec, counts, Counter({(w, h): len(masks)}),
                                                       len(masks), 0, 0)
+        summary["training_size"] = _training_size(spec, None)
         return CheckReport(not errors, errors.errors, warnings, summary)
 
     assert spec.root is not None
@@ -116,7 +139,9 @@ def check_dataset(spec: DatasetSpec | str, splits: list[str] | None = None, stri
             if s.stem in owner and owner[s.stem] != split:
                 warnings.append(f"{s.image}: '{s.stem}' is in both split '{owner[s.stem]}' and '{split}'")
             owner.setdefault(s.stem, split)
-        summary["splits"][split] = _check_split(spec, samples, strict, errors, workers)
+        summary["splits"][split], sizes = _check_split(spec, samples, strict, errors, workers)
+        if split == "train":
+            summary["training_size"] = _training_size(spec, sizes)
     _add_unchecked_lists(spec, splits, used)
     unlisted = unlisted_files(spec, used)
     if unlisted:
@@ -138,7 +163,7 @@ def _add_unchecked_lists(spec: DatasetSpec, checked: list[str], used: dict[Path,
 
 
 def _check_split(spec: DatasetSpec, samples: list[Sample], strict: bool, errors: ErrorCollector,
-                 workers: int | None) -> dict[str, Any]:
+                 workers: int | None) -> tuple[dict[str, Any], Counter]:
     counts = np.zeros(256, dtype=np.int64)
     sizes: Counter = Counter()
     inbetween_files = inbetween_pixels = 0
@@ -161,4 +186,4 @@ def _check_split(spec: DatasetSpec, samples: list[Sample], strict: bool, errors:
                            "in a binary mask (strict mode)")
         if hist is not None:
             counts += hist
-    return _split_summary(spec, counts, sizes, len(samples), inbetween_files, inbetween_pixels)
+    return _split_summary(spec, counts, sizes, len(samples), inbetween_files, inbetween_pixels), sizes

@@ -41,6 +41,7 @@ def _print_report(console: Console, report: CheckReport) -> None:
         t.add_column("split")
         t.add_column("images", justify="right")
         t.add_column("sizes (WxH: n)")
+        t.add_column("W / H min-median-max")
         t.add_column("void share", justify="right")
         if s["encoding"] == "binary":
             t.add_column("masks with in-between values", justify="right")
@@ -48,7 +49,9 @@ def _print_report(console: Console, report: CheckReport) -> None:
             sizes = ", ".join(f"{k}: {n}" for k, n in list(v["sizes"].items())[:4])
             if len(v["sizes"]) > 4:
                 sizes += f" (+{len(v['sizes']) - 4} more sizes)"
-            row = [name, str(v["count"]), sizes, f"{v['void_share']:.2%}"]
+            rng = v.get("size_range") or {}
+            span = " / ".join("-".join(map(str, rng[k])) for k in ("width", "height")) if rng.get("width") else ""
+            row = [name, str(v["count"]), sizes, span, f"{v['void_share']:.2%}"]
             if s["encoding"] == "binary":
                 row.append(f"{v['inbetween_files']} ({v['inbetween_pixels']} px)")
             t.add_row(*row)
@@ -62,6 +65,10 @@ def _print_report(console: Console, report: CheckReport) -> None:
             c.add_row(str(i), cname, *(f"{v['class_share'][cname]:.2%}" for v in splits.values()))
         c.add_row("255", "void", *(f"{v['void_share']:.2%}" for v in splits.values()))
         console.print(c)
+    t_size = s.get("training_size")
+    if t_size:
+        console.print(f"training size {t_size['size'][0]}x{t_size['size'][1]} (HxW) without data.size: "
+                      f"{t_size['reason']}", highlight=False)
     for w in report.warnings[:MAX_SHOWN]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     if report.errors:

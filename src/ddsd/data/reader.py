@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
+from PIL import Image
 
 from ddsd.data.encodings import (
     ReadError,
@@ -24,6 +25,7 @@ from ddsd.data.encodings import (
     to_rgb,
 )
 from ddsd.data.layouts import Sample
+from ddsd.data.sizing import fit
 from ddsd.data.spec import DatasetSpec
 
 T = TypeVar("T")
@@ -47,8 +49,10 @@ class LoadedPair:
     inbetween: int = 0
 
 
-def load_pair(sample: Sample, spec: DatasetSpec, size: tuple[int, int] | None = None) -> LoadedPair:
-    """Read, check and decode one pair; images resized bilinearly, masks nearest, to ``size`` = (H, W)."""
+def load_pair(sample: Sample, spec: DatasetSpec, size: tuple[int, int] | None = None,
+              pad: bool = False) -> LoadedPair:
+    """Read, check and decode one pair; images resized bilinearly, masks nearest, to ``size`` = (H, W)
+    (``pad``: aspect kept, padded; see :func:`ddsd.data.sizing.fit`)."""
     errors: list[str] = []
     img = raw = None
     try:
@@ -72,12 +76,11 @@ def load_pair(sample: Sample, spec: DatasetSpec, size: tuple[int, int] | None = 
     errors += dec.errors
     if errors:
         return LoadedPair(sample, None, None, (h0, w0), errors, dec.inbetween)
-    if size is not None and img.size != (size[1], size[0]):
-        from PIL import Image
-
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return LoadedPair(sample, np.asarray(img, dtype=np.uint8), resize_ids(dec.ids, size), (h0, w0), [],
-                      dec.inbetween)
+    ids = dec.ids
+    if size is not None and (h0, w0) != tuple(size):
+        img = fit(img, size, pad)
+        ids = np.asarray(fit(Image.fromarray(ids), size, pad, mask=True)) if pad else resize_ids(ids, size)
+    return LoadedPair(sample, np.asarray(img, dtype=np.uint8), ids, (h0, w0), [], dec.inbetween)
 
 
 def default_workers() -> int:
