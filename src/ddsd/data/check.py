@@ -22,6 +22,7 @@ from ddsd.data.reader import LoadedPair, load_pair, thread_map
 from ddsd.data.sizing import pick_size
 from ddsd.data.spec import IGNORE_INDEX, DatasetSpec, require_root
 
+VOID_WARN_SHARE = 0.5  # a mask with at least this share of void pixels is named by a warning
 OTHER_SPLIT_NAMES = ("train", "val", "test", "trainval", "valid", "validation", "dev")
 
 
@@ -97,7 +98,7 @@ def check_dataset(spec: DatasetSpec | str, splits: list[str] | None = None, stri
         "void_value": spec.void_value, "positive_class": spec.positive_class, "splits": {},
     }
     errors = ErrorCollector()
-    warnings: list[str] = []
+    warnings: list[str] = list(spec.notes)
 
     if spec.layout == "procedural":
         for split in splits or list(spec.counts):
@@ -139,7 +140,7 @@ def check_dataset(spec: DatasetSpec | str, splits: list[str] | None = None, stri
             if s.stem in owner and owner[s.stem] != split:
                 warnings.append(f"{s.image}: '{s.stem}' is in both split '{owner[s.stem]}' and '{split}'")
             owner.setdefault(s.stem, split)
-        summary["splits"][split], sizes = _check_split(spec, samples, strict, errors, workers)
+        summary["splits"][split], sizes = _check_split(spec, samples, strict, errors, warnings, workers)
         if split == "train":
             summary["training_size"] = _training_size(spec, sizes)
     _add_unchecked_lists(spec, splits, used)
@@ -163,8 +164,9 @@ def _add_unchecked_lists(spec: DatasetSpec, checked: list[str], used: dict[Path,
 
 
 def _check_split(spec: DatasetSpec, samples: list[Sample], strict: bool, errors: ErrorCollector,
-                 workers: int | None) -> tuple[dict[str, Any], Counter]:
+                 warnings: list[str], workers: int | None) -> tuple[dict[str, Any], Counter]:
     counts = np.zeros(256, dtype=np.int64)
+    mostly_void: list[tuple[Path, float]] = []
     sizes: Counter = Counter()
     inbetween_files = inbetween_pixels = 0
 
@@ -186,4 +188,14 @@ def _check_split(spec: DatasetSpec, samples: list[Sample], strict: bool, errors:
                            "in a binary mask (strict mode)")
         if hist is not None:
             counts += hist
+            share = hist[IGNORE_INDEX] / max(1, int(hist.sum()))
+            if share >= VOID_WARN_SHARE:
+                mostly_void.append((pair.sample.mask, share))
+    if mostly_void:
+        shown = ", ".join(f"{p} ({v:.0%})" for p, v in mostly_void[:8])
+        more = f" and {len(mostly_void) - 8} more" if len(mostly_void) > 8 else ""
+        void = f"void value {spec.void_value}" if spec.void_value is not None else "values outside the classes"
+        warnings.append(f"{len(mostly_void)} of {len(samples)} masks are mostly void under encoding "
+                        f"'{spec.encoding}' ({void}): {shown}{more}; if they are labelled, the encoding is wrong "
+                        "for them (set --encoding / --void-value, or re-save those masks)")
     return _split_summary(spec, counts, sizes, len(samples), inbetween_files, inbetween_pixels), sizes

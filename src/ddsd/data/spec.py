@@ -76,6 +76,7 @@ class DatasetSpec(BaseModel):
     seed: int = 0
     description: str = ""
     _source: str = PrivateAttr(default="")
+    _notes: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -133,6 +134,11 @@ class DatasetSpec(BaseModel):
     def source(self) -> str:
         """The YAML file this description was read from ('' otherwise)."""
         return self._source
+
+    @property
+    def notes(self) -> list[str]:
+        """What auto-detection found worth a warning (e.g. mask files of a kind unlike the others, by name)."""
+        return self._notes
 
     @property
     def is_binary(self) -> bool:
