@@ -185,7 +185,7 @@ def build_dataset(spec: DatasetSpec | str, split: str, size: tuple[int, int] | N
 
     pad = resize == "pad"
     cache = SplitCache(Path(cache_dir) if cache_dir is not None else default_cache_dir(), spec.name, split,
-                       size, cache_key(spec, split, samples, size, pad))
+                       size, cache_key(spec, split, samples, size, pad), spec.root, spec.num_classes)
     meta = cache.load()
     if meta is None or meta.get("stems") != stems:
         meta = _build_cache(cache, spec, split, samples, size, workers, pad)
