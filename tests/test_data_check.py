@@ -159,3 +159,11 @@ def test_files_of_unchecked_split_lists_are_not_unlisted(tmp_path: Path) -> None
     save(np.zeros((12, 16), np.uint8), root / "masks" / "stray.png")
     report = check_dataset(spec, splits=["train"])
     assert any("1 image/mask file(s) listed in no split list" in w and "stray.png" in w for w in report.warnings)
+
+
+def test_cli_prints_bracketed_paths_whole(tmp_path: Path) -> None:
+    root = make_folder_binary(tmp_path / "set[old]")
+    (root / "masks" / "val01.png").unlink()
+    res = runner.invoke(app, ["check", str(root), "--split", "val"])
+    assert res.exit_code == 1
+    assert "set[old]" in res.output and str(root / "images" / "val01.jpg") in res.output.replace("\n", "")
