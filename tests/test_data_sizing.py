@@ -124,3 +124,31 @@ def test_check_reports_sizes_and_training_size(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "training size 32x64" in res.output and "chosen from the data" in res.output
     assert torch.is_tensor(build_dataset(_spec(root), "val", (64, 64), cache_dir=tmp_path / "c")[0]["image"])
+
+
+def test_predict_pads_like_training(tmp_path: Path) -> None:
+    """A checkpoint trained with data.resize=pad: predict letterboxes the image and crops the padding away."""
+    from PIL import Image
+    from torch import nn
+
+    from ddsd.models import create_model
+    from ddsd.predict import load_predictor
+
+    class RedIsObject(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([-x[:, :1], x[:, :1]], dim=1)
+
+    ckpt = tmp_path / "pad.pt"
+    torch.save({"model": create_model("simple", 2).state_dict(),
+                "config": {"model": {"name": "simple", "num_classes": 2},
+                           "data": {"name": "no_such_dataset", "size": [32, 32], "resize": "pad"}}}, ckpt)
+    predictor = load_predictor(ckpt)
+    assert predictor.pad and predictor.size == (32, 32)
+    predictor.model = RedIsObject()
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, 30:, 0] = 255  # right quarter red; padding (mean colour) would read as red-ish if not cropped
+    ids, _ = predictor.predict(img)
+    assert ids.shape == (20, 40)
+    np.testing.assert_array_equal(ids[:, 31:], 1)
+    np.testing.assert_array_equal(ids[:, :29], 0)
+    assert Image.fromarray(predictor.mask_png(ids)).size == (40, 20)
