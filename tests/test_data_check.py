@@ -72,7 +72,7 @@ def test_detect_voc(tmp_path: Path) -> None:
     assert spec.splits == ["train", "val"]
     report = check_dataset(spec)
     assert report.ok and report.summary["splits"]["val"]["void_share"] > 0
-    assert any("no checked split" in w for w in report.warnings)  # the JPEG without a mask
+    assert any("in no split list" in w for w in report.warnings)  # the JPEG without a mask
 
 
 def test_detect_rgb(tmp_path: Path) -> None:
@@ -148,3 +148,22 @@ def test_cli_procedural_and_list() -> None:
     assert res.exit_code == 0 and "object" in res.output
     res = runner.invoke(app, ["list"])
     assert res.exit_code == 0 and "camvid" in res.output and "procedural" in res.output
+
+
+def test_files_of_unchecked_split_lists_are_not_unlisted(tmp_path: Path) -> None:
+    root = make_folder_binary(tmp_path / "ds")
+    (root / "test.txt").rename(root / "holdout.txt")  # a list that is not one of the dataset's splits
+    spec = load_spec(str(root), split_files={"holdout": "holdout.txt"}, splits=["train", "val", "holdout"])
+    report = check_dataset(spec, splits=["train"])
+    assert report.ok and not any("split list" in w for w in report.warnings), report.warnings
+    save(np.zeros((12, 16), np.uint8), root / "masks" / "stray.png")
+    report = check_dataset(spec, splits=["train"])
+    assert any("1 image/mask file(s) listed in no split list" in w and "stray.png" in w for w in report.warnings)
+
+
+def test_cli_prints_bracketed_paths_whole(tmp_path: Path) -> None:
+    root = make_folder_binary(tmp_path / "set[old]")
+    (root / "masks" / "val01.png").unlink()
+    res = runner.invoke(app, ["check", str(root), "--split", "val"])
+    assert res.exit_code == 1
+    assert "set[old]" in res.output and str(root / "images" / "val01.jpg") in res.output.replace("\n", "")

@@ -149,7 +149,7 @@ def test_undetectable_root(tmp_path: Path) -> None:
 
 def test_missing_root_folder(tmp_path: Path) -> None:
     report = check_dataset(DatasetSpec(name="x", root=tmp_path / "nope", class_names=["a", "b"]))
-    assert not report.ok and "missing" in report.errors[0]
+    assert not report.ok and "does not exist" in report.errors[0] and str(tmp_path / "nope") in report.errors[0]
 
 
 def test_no_partial_cache_on_error(tmp_path: Path) -> None:
@@ -160,3 +160,30 @@ def test_no_partial_cache_on_error(tmp_path: Path) -> None:
         build_dataset(_binary(root), "train", size=(8, 8), cache_dir=cache)
     files = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
     assert not files
+
+
+def test_missing_data_path_says_it_does_not_exist(tmp_path: Path) -> None:
+    for given in (str(tmp_path / "no_such_folder"), "./photos_typo", str(tmp_path / "mine.yaml")):
+        with pytest.raises(DataError) as exc:
+            load_spec(given)
+        assert f"dataset path '{given}' does not exist" in str(exc.value)
+
+
+def test_dataset_name_typo_suggests_the_name() -> None:
+    with pytest.raises(DataError) as exc:
+        load_spec("sdo")
+    assert "unknown dataset 'sdo'" in str(exc.value) and "did you mean `sod`?" in str(exc.value)
+    with pytest.raises(DataError, match="did you mean `camvid`"):
+        load_spec("camvd")
+
+
+def test_absent_shipped_dataset_names_data_root_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DDSD_DATASETS", str(tmp_path / "elsewhere"))
+    spec = load_spec("sod")
+    for run in (lambda: build_dataset(spec, "train", cache_dir=tmp_path / "c"),
+                lambda: check_dataset(spec).raise_if_failed()):
+        with pytest.raises(DataError) as exc:
+            run()
+        text = str(exc.value)
+        assert f"shipped dataset 'sod' is not at {tmp_path / 'elsewhere' / 'sod'}" in text
+        assert "--data-root" in text and "DDSD_DATASETS" in text

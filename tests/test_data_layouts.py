@@ -141,3 +141,15 @@ def test_load_spec_builtins(name: str) -> None:
     spec = load_spec(name)
     assert spec.layout == "procedural" and spec.root is None
     assert spec.num_classes == (2 if name.endswith("binary") else 4)
+
+
+def test_split_list_names_with_spaces(tmp_path: Path) -> None:
+    """One name per line when the whole line names a file or stem; tab-separated pairs; other lines split."""
+    root = make_folder_binary(tmp_path / "ds")
+    for old, new in (("train00", "my photo 1"), ("train01", "my photo 2"), ("train02", "a b")):
+        (root / "images" / f"{old}.jpg").rename(root / "images" / f"{new}.jpg")
+        (root / "masks" / f"{old}.png").rename(root / "masks" / f"{new}.png")
+    write_split(root / "train.txt", ["my photo 1", "my photo 2.jpg", "images/a b.jpg\tmasks/a b.png", "train03"])
+    ds = build_dataset(_spec(root, encoding="binary", class_names=["bg", "obj"]), "train")
+    assert ds.stems == ["my photo 1", "my photo 2", "a b", "train03"]
+    assert ds.samples[2].mask == root / "masks" / "a b.png"

@@ -154,7 +154,8 @@ def eval_(
         if spec.num_classes != k:
             raise ValueError(f"{checkpoint} predicts {k} classes but dataset '{spec.name}' has {spec.num_classes}")
         hw = parse_size(size) if size else (tuple(cfg["data"]["size"]) if cfg["data"].get("size") else None)
-        ds = build_dataset(spec, split, hw, augment=False, cache_dir=cfg["data"].get("cache_dir"))
+        ds = build_dataset(spec, split, hw, augment=False, cache_dir=cfg["data"].get("cache_dir"),
+                           resize=cfg["data"].get("resize", "auto"))
         metrics = evaluate(model.to(device), ds, device, batch_size, boundary_width=boundary_width)
     except (DataError, CheckpointError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         raise _fail(str(e)) from None

@@ -30,6 +30,9 @@ class DataConfig(_Strict):
     root: str | None = Field(None, description="folder holding the shipped datasets (default: $DDSD_DATASETS, "
                              "else ../shared/datasets beside the repo)")
     size: tuple[int, int] | None = Field(None, description="training/eval resolution (H, W); None = dataset default")
+    resize: Literal["auto", "fixed", "pad"] = Field(
+        "auto", description="auto: size = data.size, else the dataset's, else chosen from the images (recorded); "
+        "fixed: data.size (or the dataset's) required; pad: keep aspect and pad to the size")
     batch_size: int = Field(8, ge=1)
     num_workers: int = Field(0, ge=0)
     augment: bool = True

@@ -1,7 +1,8 @@
 """Masks for new images from a trained checkpoint: the Python API behind ``ddsd predict``.
 
-Preprocessing is the training one: images are read as ``uint8 [H, W, 3]`` (grey replicated to 3 channels,
-alpha dropped, 16-bit grey rescaled), resized bilinearly with Pillow to the training size (the checkpoint's
+Preprocessing is the training one: images are read as ``uint8 [H, W, 3]`` in their displayed orientation (EXIF
+rotation applied, so masks match what a viewer shows; grey replicated to 3 channels, alpha dropped, 16-bit grey
+rescaled), resized bilinearly with Pillow to the training size (the checkpoint's
 ``data.size``, else the dataset's default size as in ``ddsd train``; no resize when neither exists) and
 normalised with the ImageNet mean/std (:func:`ddsd.data.to_tensor`); the logits are resized back bilinearly
 to the image's original size (as ``ddsd eval`` does) and the argmax gives the class ids.
@@ -44,6 +45,7 @@ from torch import nn
 from ddsd._io import atomic_write_bytes
 from ddsd.data.encodings import ReadError, read_image
 from ddsd.data.errors import format_errors
+from ddsd.data.sizing import fit, fit_box
 from ddsd.data.transforms import to_tensor
 
 __all__ = [
@@ -112,6 +114,7 @@ class Predictor:
     dataset: str | None = None
     model_name: str = ""
     checkpoint: Path | None = None
+    pad: bool = False  # data.resize=pad: keep the aspect and pad to ``size`` (as in training)
 
     @property
     def is_binary(self) -> bool:
@@ -132,12 +135,15 @@ class Predictor:
         """
         rgb = _as_rgb(image)
         h, w = rgb.shape[:2]
+        box = None
         if self.size is not None and (h, w) != tuple(self.size):
-            rgb = np.asarray(
-                Image.fromarray(rgb).resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR), dtype=np.uint8
-            )
+            rgb = np.asarray(fit(Image.fromarray(rgb), self.size, self.pad), dtype=np.uint8)
+            box = fit_box((h, w), self.size, self.pad)
         x = to_tensor(rgb)[None].to(self.device)
         logits = self.model(x).float()  # [1, K, h', w']
+        if box is not None and self.pad:
+            top, left, bh, bw = box
+            logits = logits[..., top : top + bh, left : left + bw]
         if tuple(logits.shape[-2:]) != (h, w):
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
         ids = logits[0].argmax(0).to(torch.uint8)
@@ -232,7 +238,7 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu") -
         colors[positive] = _OBJECT_COLOUR
     return Predictor(model=model, num_classes=k, size=size, positive_class=positive, class_names=names,
                      colors=colors, device=dev, dataset=None if dataset is None else str(dataset),
-                     model_name=str(config["model"]["name"]), checkpoint=path)
+                     model_name=str(config["model"]["name"]), checkpoint=path, pad=data_cfg.get("resize") == "pad")
 
 
 def _parse_config_size(size: Any, path: Path) -> tuple[int, int] | None:

@@ -19,7 +19,11 @@ from ddsd.data.errors import MAX_SHOWN, DataError, ErrorCollector, format_errors
 from ddsd.data.layouts import Sample, resolve_split, split_exists, unlisted_files
 from ddsd.data.procedural import generate_split
 from ddsd.data.reader import LoadedPair, load_pair, thread_map
-from ddsd.data.spec import IGNORE_INDEX, DatasetSpec
+from ddsd.data.sizing import pick_size
+from ddsd.data.spec import IGNORE_INDEX, DatasetSpec, require_root
+
+VOID_WARN_SHARE = 0.5  # a mask with at least this share of void pixels is named by a warning
+OTHER_SPLIT_NAMES = ("train", "val", "test", "trainval", "valid", "validation", "dev")
 
 
 @dataclass
@@ -29,7 +33,9 @@ class CheckReport:
     ``summary``: ``name``, ``layout``, ``encoding``, ``description`` (what was detected, if anything),
     ``class_names``, ``void_value`` and ``splits``: split -> ``count``, ``sizes`` ("WxH" -> images),
     ``class_share`` (class name -> fraction of all mask pixels of the split, void included), ``void_share``,
-    ``inbetween_files`` / ``inbetween_pixels`` (binary masks with values strictly between 0 and 255).
+    ``inbetween_files`` / ``inbetween_pixels`` (binary masks with values strictly between 0 and 255),
+    ``size_range`` (``width`` / ``height``: [min, median, max]); ``training_size``: ``size`` [H, W] and ``reason``,
+    what ``ddsd train`` uses without ``data.size`` (None when the train split was not checked).
     """
 
     ok: bool
@@ -45,13 +51,32 @@ class CheckReport:
             raise DataError(f"dataset '{self.summary.get('name', '?')}'", self.errors)
 
 
+def _min_median_max(values: list[int]) -> list[int]:
+    return [values[0], values[(len(values) - 1) // 2], values[-1]] if values else []
+
+
+def _training_size(spec: DatasetSpec, sizes: Counter | None) -> dict[str, Any] | None:
+    """What ``ddsd train`` would use without ``data.size`` (``data.resize=auto``), from the train split."""
+    if spec.size is not None:
+        return {"size": list(spec.size), "reason": f"the size of dataset '{spec.name}'"}
+    if spec.layout == "procedural":
+        return {"size": [64, 64], "reason": "the procedural set's default"}
+    if not sizes:
+        return None
+    size, why = pick_size([(h, w) for (w, h), n in sizes.items() for _ in range(n)])
+    return {"size": list(size), "reason": f"chosen from the data: {why}"}
+
+
 def _split_summary(spec: DatasetSpec, pixel_counts: np.ndarray, sizes: Counter, count: int,
                    inbetween_files: int, inbetween_pixels: int) -> dict[str, Any]:
     total = int(pixel_counts.sum())
     share = pixel_counts / total if total else np.zeros_like(pixel_counts, dtype=np.float64)
+    widths = sorted(w for (w, _), n in sizes.items() for _ in range(n))
+    heights = sorted(h for (_, h), n in sizes.items() for _ in range(n))
     return {
         "count": count,
         "sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common()},
+        "size_range": {"width": _min_median_max(widths), "height": _min_median_max(heights)},
         "class_share": {name: float(share[i]) for i, name in enumerate(spec.class_names)},
         "void_share": float(share[IGNORE_INDEX]),
         "inbetween_files": inbetween_files,
@@ -73,7 +98,7 @@ def check_dataset(spec: DatasetSpec | str, splits: list[str] | None = None, stri
         "void_value": spec.void_value, "positive_class": spec.positive_class, "splits": {},
     }
     errors = ErrorCollector()
-    warnings: list[str] = []
+    warnings: list[str] = list(spec.notes)
 
     if spec.layout == "procedural":
         for split in splits or list(spec.counts):
@@ -86,11 +111,14 @@ def check_dataset(spec: DatasetSpec | str, splits: list[str] | None = None, stri
             h, w = masks.shape[1:]
             summary["splits"][split] = _split_summary(spec, counts, Counter({(w, h): len(masks)}),
                                                       len(masks), 0, 0)
+        summary["training_size"] = _training_size(spec, None)
         return CheckReport(not errors, errors.errors, warnings, summary)
 
     assert spec.root is not None
-    if not spec.root.is_dir():
-        errors.add(f"{spec.root}: dataset root folder is missing")
+    try:
+        require_root(spec)
+    except DataError as e:
+        errors.add(str(e))
         return CheckReport(False, errors.errors, warnings, summary)
     if splits is None:
         splits = [s for s in spec.splits if split_exists(spec, s)]
@@ -112,16 +140,33 @@ def check_dataset(spec: DatasetSpec | str, splits: list[str] | None = None, stri
             if s.stem in owner and owner[s.stem] != split:
                 warnings.append(f"{s.image}: '{s.stem}' is in both split '{owner[s.stem]}' and '{split}'")
             owner.setdefault(s.stem, split)
-        summary["splits"][split] = _check_split(spec, samples, strict, errors, workers)
+        summary["splits"][split], sizes = _check_split(spec, samples, strict, errors, warnings, workers)
+        if split == "train":
+            summary["training_size"] = _training_size(spec, sizes)
+    _add_unchecked_lists(spec, splits, used)
     unlisted = unlisted_files(spec, used)
     if unlisted:
-        warnings.append(f"{len(unlisted)} image/mask file(s) in no checked split, e.g. {unlisted[0]}")
+        warnings.append(f"{len(unlisted)} image/mask file(s) listed in no split list, e.g. {unlisted[0]}")
     return CheckReport(not errors, errors.errors, warnings, summary)
 
 
+def _add_unchecked_lists(spec: DatasetSpec, checked: list[str], used: dict[Path, set[Path]]) -> None:
+    """Add to ``used`` the files that split lists other than the ``checked`` ones name (``--split train`` or a
+    list that is not one of ``spec.splits``): such files are in a split, only not in a checked one."""
+    others = dict.fromkeys([*spec.splits, *spec.split_files, *OTHER_SPLIT_NAMES])
+    for split in others:
+        if split in checked or not (spec.root / spec.split_file_for(split)).is_file():  # type: ignore[operator]
+            continue
+        for s in resolve_split(spec, split, ErrorCollector()):
+            for f in (s.image, s.mask):
+                if f.parent in used:
+                    used[f.parent].add(f)
+
+
 def _check_split(spec: DatasetSpec, samples: list[Sample], strict: bool, errors: ErrorCollector,
-                 workers: int | None) -> dict[str, Any]:
+                 warnings: list[str], workers: int | None) -> tuple[dict[str, Any], Counter]:
     counts = np.zeros(256, dtype=np.int64)
+    mostly_void: list[tuple[Path, float]] = []
     sizes: Counter = Counter()
     inbetween_files = inbetween_pixels = 0
 
@@ -143,4 +188,14 @@ def _check_split(spec: DatasetSpec, samples: list[Sample], strict: bool, errors:
                            "in a binary mask (strict mode)")
         if hist is not None:
             counts += hist
-    return _split_summary(spec, counts, sizes, len(samples), inbetween_files, inbetween_pixels)
+            share = hist[IGNORE_INDEX] / max(1, int(hist.sum()))
+            if share >= VOID_WARN_SHARE:
+                mostly_void.append((pair.sample.mask, share))
+    if mostly_void:
+        shown = ", ".join(f"{p} ({v:.0%})" for p, v in mostly_void[:8])
+        more = f" and {len(mostly_void) - 8} more" if len(mostly_void) > 8 else ""
+        void = f"void value {spec.void_value}" if spec.void_value is not None else "values outside the classes"
+        warnings.append(f"{len(mostly_void)} of {len(samples)} masks are mostly void under encoding "
+                        f"'{spec.encoding}' ({void}): {shown}{more}; if they are labelled, the encoding is wrong "
+                        "for them (set --encoding / --void-value, or re-save those masks)")
+    return _split_summary(spec, counts, sizes, len(samples), inbetween_files, inbetween_pixels), sizes

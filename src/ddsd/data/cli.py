@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ddsd.data.check import CheckReport, check_dataset
@@ -26,21 +27,22 @@ def _data() -> None:
 def _print_report(console: Console, report: CheckReport) -> None:
     s = report.summary
     where = f" at {s['root']}" if s.get("root") else ""
-    console.print(f"[bold]{s['name']}[/bold]{where}")
+    console.print(f"[bold]{escape(s['name'])}[/bold]{escape(where)}")
     void = f", void value {s['void_value']}" if s.get("void_value") is not None else ""
     pos = f", positive class {s['positive_class']}" if len(s["class_names"]) == 2 else ""
     console.print(f"layout [cyan]{s['layout']}[/cyan], encoding [cyan]{s['encoding']}[/cyan], "
                   f"{len(s['class_names'])} classes{void}{pos}")
     if s.get("source"):
-        console.print(f"[dim]description: {s['source']}[/dim]")
+        console.print(f"[dim]description: {escape(s['source'])}[/dim]")
     if s.get("description"):
-        console.print(f"[dim]{s['description']}[/dim]")
+        console.print(f"[dim]{escape(s['description'])}[/dim]")
     splits = s["splits"]
     if splits:
         t = Table(title="splits")
         t.add_column("split")
         t.add_column("images", justify="right")
         t.add_column("sizes (WxH: n)")
+        t.add_column("W / H min-median-max")
         t.add_column("void share", justify="right")
         if s["encoding"] == "binary":
             t.add_column("masks with in-between values", justify="right")
@@ -48,7 +50,9 @@ def _print_report(console: Console, report: CheckReport) -> None:
             sizes = ", ".join(f"{k}: {n}" for k, n in list(v["sizes"].items())[:4])
             if len(v["sizes"]) > 4:
                 sizes += f" (+{len(v['sizes']) - 4} more sizes)"
-            row = [name, str(v["count"]), sizes, f"{v['void_share']:.2%}"]
+            rng = v.get("size_range") or {}
+            span = " / ".join("-".join(map(str, rng[k])) for k in ("width", "height")) if rng.get("width") else ""
+            row = [name, str(v["count"]), sizes, span, f"{v['void_share']:.2%}"]
             if s["encoding"] == "binary":
                 row.append(f"{v['inbetween_files']} ({v['inbetween_pixels']} px)")
             t.add_row(*row)
@@ -59,15 +63,19 @@ def _print_report(console: Console, report: CheckReport) -> None:
         for name in splits:
             c.add_column(name, justify="right")
         for i, cname in enumerate(s["class_names"]):
-            c.add_row(str(i), cname, *(f"{v['class_share'][cname]:.2%}" for v in splits.values()))
+            c.add_row(str(i), escape(cname), *(f"{v['class_share'][cname]:.2%}" for v in splits.values()))
         c.add_row("255", "void", *(f"{v['void_share']:.2%}" for v in splits.values()))
         console.print(c)
+    t_size = s.get("training_size")
+    if t_size:
+        console.print(f"training size {t_size['size'][0]}x{t_size['size'][1]} (HxW) without data.size: "
+                      f"{escape(t_size['reason'])}", highlight=False)
     for w in report.warnings[:MAX_SHOWN]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
     if report.errors:
         console.print(f"[red bold]{len(report.errors)} problem(s)[/red bold]")
         for e in report.errors[:MAX_SHOWN]:
-            console.print(f"[red]-[/red] {e}", highlight=False)
+            console.print(f"[red]-[/red] {escape(e)}", highlight=False)
         if len(report.errors) > MAX_SHOWN:
             console.print(f"... and {len(report.errors) - MAX_SHOWN} more")
     else:
@@ -95,7 +103,7 @@ def check(
         spec = load_spec(dataset, data_root, **overrides)
         report = check_dataset(spec, splits=split or None, strict=strict)
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
     _print_report(console, report)
     if not report.ok:

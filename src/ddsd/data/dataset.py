@@ -20,7 +20,8 @@ from ddsd.data.errors import DataError, ErrorCollector
 from ddsd.data.layouts import Sample, resolve_split
 from ddsd.data.procedural import generate_split
 from ddsd.data.reader import LoadedPair, load_pair, thread_map
-from ddsd.data.spec import DatasetSpec
+from ddsd.data.sizing import fit_box
+from ddsd.data.spec import DatasetSpec, require_root
 from ddsd.data.transforms import augment as augment_pair
 from ddsd.data.transforms import mask_to_tensor, sample_rng, to_tensor
 
@@ -40,12 +41,13 @@ class SegDataset(Dataset):
                  cache: SplitCache | None = None,
                  original_sizes: list[tuple[int, int]] | None = None,
                  size: tuple[int, int] | None = None,
-                 augment: bool = False, seed: int = 0) -> None:
+                 augment: bool = False, seed: int = 0, pad: bool = False) -> None:
         self.spec = spec
         self.split = split
         self.stems = stems
         self.samples = samples
         self.size = size
+        self.pad = pad
         self.augment = augment
         self.seed = seed
         self.epoch = 0
@@ -78,7 +80,7 @@ class SegDataset(Dataset):
         if arrays is not None:
             return np.asarray(arrays[0][index]), np.asarray(arrays[1][index])
         assert self.samples is not None
-        pair = load_pair(self.samples[index], self.spec, self.size)
+        pair = load_pair(self.samples[index], self.spec, self.size, self.pad)
         if pair.errors:
             raise DataError(f"dataset '{self.spec.name}' split '{self.split}'", pair.errors)
         assert pair.image is not None and pair.ids is not None
@@ -110,6 +112,14 @@ class SegDataset(Dataset):
             return self._original_sizes[index]
         return tuple(self.original_mask(index).shape)  # type: ignore[return-value]
 
+    def content_box(self, index: int) -> tuple[int, int, int, int]:
+        """``(top, left, h, w)`` of the image inside the ``[H, W]`` sample (the whole sample unless ``pad``):
+        predictions are cropped to it before they are resized to the original size."""
+        if self.size is None:
+            h, w = self.original_size(index)
+            return 0, 0, h, w
+        return fit_box(self.original_size(index), self.size, self.pad)
+
     def class_pixel_counts(self) -> np.ndarray:
         """``int64 [K]`` pixel count per class over the split (at the dataset's size; void excluded)."""
         k = self.spec.num_classes
@@ -123,7 +133,7 @@ class SegDataset(Dataset):
                    start=np.zeros(k, dtype=np.int64))
 
     def __repr__(self) -> str:
-        size = f"{self.size[0]}x{self.size[1]}" if self.size else "original size"
+        size = f"{self.size[0]}x{self.size[1]}{' padded' if self.pad else ''}" if self.size else "original size"
         return (f"SegDataset({self.spec.name!r}, split={self.split!r}, n={len(self)}, {size}, "
                 f"K={self.spec.num_classes}, augment={self.augment})")
 
@@ -134,13 +144,15 @@ def _heading(spec: DatasetSpec, split: str) -> str:
 
 def build_dataset(spec: DatasetSpec | str, split: str, size: tuple[int, int] | None = None,
                   augment: bool = False, seed: int = 0, cache_dir: Path | str | None = None,
-                  validate: bool = True, workers: int | None = None) -> SegDataset:
+                  validate: bool = True, workers: int | None = None, resize: str = "auto") -> SegDataset:
     """The :class:`SegDataset` of ``split``.
 
     ``size`` = (H, W) (default ``spec.size``; None for both: original sizes, no cache). With a size the split
     is decoded, validated and resized once into ``cache_dir`` (default ``$DDSD_CACHE`` or ``~/.cache/ddsd``)
-    and reused while the source files and parameters stay the same. ``validate`` (without a size) decodes
-    every pair up front. Raises :class:`DataError` listing every bad file (first 20 and a count).
+    and reused while the source files and parameters stay the same. ``resize``: ``auto``/``fixed`` stretch
+    every image to the size, ``pad`` keeps its aspect and pads (:mod:`ddsd.data.sizing`); without a size a split
+    of mixed image sizes is usable one sample at a time only. ``validate`` (without a size) decodes every pair up
+    front. Raises :class:`DataError` listing every bad file (first 20 and a count).
     ``seed`` drives augmentation only; the procedural set's content follows ``spec.seed``.
     """
     if isinstance(spec, str):
@@ -155,6 +167,7 @@ def build_dataset(spec: DatasetSpec | str, split: str, size: tuple[int, int] | N
         return SegDataset(spec, split, stems, arrays=(images, masks), size=size, augment=augment, seed=seed,
                           original_sizes=[size] * len(stems))
 
+    require_root(spec)
     errors = ErrorCollector()
     samples = resolve_split(spec, split, errors)
     stems = [s.stem for s in samples]
@@ -170,25 +183,26 @@ def build_dataset(spec: DatasetSpec | str, split: str, size: tuple[int, int] | N
             errors.extend(p.errors)
         errors.raise_if_any(_heading(spec, split))
 
+    pad = resize == "pad"
     cache = SplitCache(Path(cache_dir) if cache_dir is not None else default_cache_dir(), spec.name, split,
-                       size, cache_key(spec, split, samples, size))
+                       size, cache_key(spec, split, samples, size, pad), spec.root, spec.num_classes)
     meta = cache.load()
     if meta is None or meta.get("stems") != stems:
-        meta = _build_cache(cache, spec, split, samples, size, workers)
+        meta = _build_cache(cache, spec, split, samples, size, workers, pad)
     original_sizes = [tuple(x) for x in meta["original_sizes"]]
     return SegDataset(spec, split, stems, samples=samples, cache=cache, size=size, augment=augment,
-                      seed=seed, original_sizes=original_sizes)  # type: ignore[arg-type]
+                      seed=seed, original_sizes=original_sizes, pad=pad)  # type: ignore[arg-type]
 
 
 def _build_cache(cache: SplitCache, spec: DatasetSpec, split: str, samples: list[Sample],
-                 size: tuple[int, int], workers: int | None) -> dict[str, Any]:
+                 size: tuple[int, int], workers: int | None, pad: bool = False) -> dict[str, Any]:
     n, (h, w) = len(samples), size
     images = np.empty((n, h, w, 3), dtype=np.uint8)
     masks = np.empty((n, h, w), dtype=np.uint8)
     errors = ErrorCollector()
     original_sizes: list[tuple[int, int] | None] = []
     inbetween_files = 0
-    for i, pair in enumerate(thread_map(lambda s: load_pair(s, spec, size), samples, workers)):
+    for i, pair in enumerate(thread_map(lambda s: load_pair(s, spec, size, pad), samples, workers)):
         pair: LoadedPair
         errors.extend(pair.errors)
         original_sizes.append(pair.original_size)
@@ -204,7 +218,15 @@ def _build_cache(cache: SplitCache, spec: DatasetSpec, split: str, samples: list
 
 
 def collate_keep(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Default-like collate: stacks ``image``/``mask``, keeps ``index`` as a tensor and ``stem`` as a list."""
+    """Default-like collate: stacks ``image``/``mask``, keeps ``index`` as a tensor and ``stem`` as a list.
+
+    Raises :class:`DataError` naming the samples when their sizes differ (a dataset without a size whose
+    images differ in size: give it one)."""
+    shapes = {tuple(b["image"].shape[-2:]) for b in batch}
+    if len(shapes) > 1:
+        shown = ", ".join(f"{b['stem']} {b['image'].shape[-1]}x{b['image'].shape[-2]}" for b in batch[:6])
+        raise DataError(f"images of different sizes cannot form one batch ({shown} (WxH)): set data.size [H, W] "
+                        "(or --size HxW), or leave it unset with data.resize auto/pad to have one chosen")
     return {
         "image": torch.stack([b["image"] for b in batch]),
         "mask": torch.stack([b["mask"] for b in batch]),

@@ -12,12 +12,14 @@ in the root supplies class names, colours and the void class.
 from __future__ import annotations
 
 import csv
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ddsd.data.encodings import ReadError, open_image
+from ddsd.data.encodings import ReadError, open_image, palette_as_binary, sixteen_to_eight
 from ddsd.data.errors import DataError, ErrorCollector
 from ddsd.data.layouts import index_folder, resolve_split, split_exists
 from ddsd.data.reader import thread_map
@@ -64,24 +66,87 @@ def read_class_dict(path: Path) -> tuple[list[str], dict[int, tuple[int, int, in
     return names, colors, void
 
 
-def _mask_stats(path: Path) -> tuple[str, dict[int, int]]:
-    """(kind, value -> pixel count) of one mask; kind: 'rgb' | 'palette' | 'grey'; colours packed as ints."""
+@dataclass
+class MaskStats:
+    """One mask file as detection sees it: ``kind`` 'rgb' | 'palette' | 'grey', its values -> pixel counts
+    (colours packed as ints; palette: indices; 16-bit grey: after :func:`sixteen_to_eight`) and, for palette
+    masks, the grey values they have when read through their palette in a binary set (None: not readable so)."""
+
+    path: Path
+    kind: str
+    counts: dict[int, int]
+    as_binary: dict[int, int] | None = None
+
+
+def _counts(a: np.ndarray) -> dict[int, int]:
+    v, c = np.unique(a, return_counts=True)
+    return dict(zip(v.tolist(), c.tolist(), strict=True))
+
+
+def _mask_stats(path: Path) -> MaskStats:
+    """The :class:`MaskStats` of one mask (raises :class:`ReadError`)."""
     img = open_image(path)
     if img.mode in ("RGB", "RGBA"):
         a = np.asarray(img.convert("RGB"))
         if not ((a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all()):
             code = (a[..., 0].astype(np.int64) << 16) | (a[..., 1].astype(np.int64) << 8) | a[..., 2]
-            v, c = np.unique(code, return_counts=True)
-            return "rgb", dict(zip(v.tolist(), c.tolist(), strict=True))
-        a = a[..., 0]
-    elif img.mode == "1":
-        a = np.asarray(img, dtype=np.uint8) * 255
-    elif img.mode in ("L", "P", "I;16", "I"):
-        a = np.asarray(img)
-    else:
-        a = np.asarray(img.convert("L"))
-    v, c = np.unique(a, return_counts=True)
-    return ("palette" if img.mode == "P" else "grey"), dict(zip(v.tolist(), c.tolist(), strict=True))
+            return MaskStats(path, "rgb", _counts(code))
+        return MaskStats(path, "grey", _counts(a[..., 0]))
+    if img.mode == "P":
+        try:
+            as_binary = _counts(palette_as_binary(img, path))
+        except ReadError:
+            as_binary = None
+        return MaskStats(path, "palette", _counts(np.asarray(img)), as_binary)
+    if img.mode == "1":
+        return MaskStats(path, "grey", _counts(np.asarray(img, dtype=np.uint8) * 255))
+    if img.mode in ("L", "I;16", "I;16B", "I;16L", "I"):
+        return MaskStats(path, "grey", _counts(sixteen_to_eight(np.asarray(img))))
+    return MaskStats(path, "grey", _counts(np.asarray(img.convert("L"))))
+
+
+def _merge(dicts: list[dict[int, int]]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for d in dicts:
+        for v, c in d.items():
+            out[v] = out.get(v, 0) + c
+    return out
+
+
+def _binary_like(counts: dict[int, int]) -> bool:
+    """Values {0, 255}, or >= 90 % of pixels at 0/255 with stray values on both sides of 128 (soft edges)."""
+    values = sorted(counts)
+    if set(values) <= {0, 255}:
+        return True
+    between = [v for v in values if 0 < v < 255]
+    extreme = counts.get(0, 0) + counts.get(255, 0)
+    return (0 in counts and 255 in counts and extreme / sum(counts.values()) >= BINARY_MIN_EXTREME_SHARE
+            and any(v < 128 for v in between) and any(v >= 128 for v in between))
+
+
+def _names(files: list[MaskStats], limit: int = 5) -> str:
+    shown = ", ".join(f.path.name for f in files[:limit])
+    return shown + (f" and {len(files) - limit} more" if len(files) > limit else "")
+
+
+def _mixed_notes(stats: list[MaskStats], majority: str, how: dict[str, str]) -> list[str]:
+    """One note per minority kind, naming its files and how they are read."""
+    notes = []
+    for kind in ("rgb", "palette", "grey"):
+        files = [f for f in stats if f.kind == kind]
+        if kind != majority and files:
+            notes.append(f"mixed mask kinds: {len(files)} {kind} mask(s) among mostly {majority} ones, "
+                         f"{how.get(kind, 'read as ' + majority)}: {_names(files)}")
+    return notes
+
+
+def _too_wide(stats: list[MaskStats], root: Path) -> None:
+    """16-bit masks whose values do not fit 8 bits (and are not 0/65535-style) are named, not guessed."""
+    wide = [f for f in stats if f.kind == "grey" and max(f.counts) > 255]
+    if wide:
+        shown = "; ".join(f"{f.path} (values up to {max(f.counts)})" for f in wide[:5])
+        raise DataError(f"{root}: {len(wide)} 16-bit mask(s) with values above 255 that are not 0/65535 "
+                        f"(or 8-bit values scaled by 257): {shown}; save them as 8-bit class ids or 0/255")
 
 
 def detect_spec(root: Path | str, layout: str | None = None, encoding: str | None = None,
@@ -123,67 +188,83 @@ def detect_spec(root: Path | str, layout: str | None = None, encoding: str | Non
         except (OSError, KeyError, ValueError) as e:
             raise DataError(f"{root / 'class_dict.csv'}: cannot read class names ({e})") from None
 
-    kinds: dict[str, int] = {}
-    counts: dict[int, int] = {}
-
-    def stats(p: Path) -> tuple[str, dict[int, int]] | None:
+    def stats(p: Path) -> MaskStats | None:
         try:
             return _mask_stats(p)
         except ReadError:
             return None  # unreadable files are reported by the check
 
-    for res in thread_map(stats, sorted(set(mask_files))):
-        if res is None:
-            continue
-        kinds[res[0]] = kinds.get(res[0], 0) + 1
-        for v, c in res[1].items():
-            counts[v] = counts.get(v, 0) + c
-    if not counts:
+    found_stats = [st for st in thread_map(stats, sorted(set(mask_files))) if st is not None]
+    if not found_stats:
         raise DataError(f"{root}: none of the {len(mask_files)} mask files could be read")
-
     spec: dict[str, Any] = {"name": name or root.name, "root": root, "splits": splits, **base}
-    total = sum(counts.values())
-    values = sorted(counts)
-    found = ""
-    if encoding == "rgb" or (encoding is None and "rgb" in kinds):
+    found, notes = _choose_encoding(spec, found_stats, encoding, void_value, names, colors, dict_void, root)
+    kinds = Counter(f.kind for f in found_stats)
+    mask_kind = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+    spec["description"] = (f"auto-detected: layout {spec['layout']}, encoding {spec['encoding']} "
+                           f"({mask_kind} masks, {found}), splits {', '.join(splits)}")
+    spec.update({k: v for k, v in overrides.items() if k not in ("image_dir", "mask_dir", "split_files")})
+    out = spec_from_dict(spec, f"dataset detected under {root}")
+    out._notes = notes
+    return out
+
+
+def _choose_encoding(spec: dict[str, Any], stats: list[MaskStats], encoding: str | None, void_value: int | None,
+                     names: list[str] | None, colors: dict[int, tuple[int, int, int]], dict_void: int | None,
+                     root: Path) -> tuple[str, list[str]]:
+    """Fill ``spec``'s encoding fields from the masks; returns (what was found, notes on mixed files).
+
+    The kind of most files decides (rgb / palette / grey); files of another kind never change the others'
+    meaning. With mostly grey masks, each grey file votes (palette files as read through their palette,
+    :func:`palette_as_binary`): binary-like (values 0/255, or >= 90 % of pixels at 0/255 with soft values on both
+    sides of 128) or not; more binary-like votes -> binary, and the odd files are named as problems by the check
+    (e.g. a 0/1 mask) instead of turning every 255 into void."""
+    kinds = Counter(f.kind for f in stats)
+    majority = max(("grey", "palette", "rgb"), key=lambda k: (kinds.get(k, 0), k == "grey"))
+    if encoding == "rgb" or (encoding is None and majority == "rgb"):
+        counts = _merge([f.counts for f in stats if f.kind == "rgb"])
+        values = sorted(counts)
         spec["encoding"] = "rgb"
         if not colors:
             colors = {i: ((v >> 16) & 255, (v >> 8) & 255, v & 255) for i, v in enumerate(values)}
             names = [f"color_{r}_{g}_{b}" for (r, g, b) in colors.values()]
-        spec["colors"] = colors
-        found = f"{len(values)} colours"
-    else:
-        extreme = counts.get(0, 0) + counts.get(255, 0)
-        between = [v for v in values if 0 < v < 255]
-        # anti-aliased / JPEG-saved binary masks: mostly 0 and 255, stray values on both sides of 128
-        binary_like = set(values) <= {0, 255} or (
-            "palette" not in kinds and 0 in counts and 255 in counts
-            and extreme / total >= BINARY_MIN_EXTREME_SHARE
-            and any(v < 128 for v in between) and any(v >= 128 for v in between))
-        if encoding == "binary" or (encoding is None and binary_like):
-            spec["encoding"] = "binary"
-            inbetween = total - extreme
-            found = "values {0, 255}" + (f" + {inbetween} in-between pixels" if inbetween else "")
-            names = names if names and len(names) == 2 else ["background", "object"]
-        else:
-            spec["encoding"] = "index"
-            void = void_value if void_value is not None else dict_void
-            if void is None and 255 in counts and len(values) > 1 and values[-2] < 254:
-                void = 255
-            classes = [v for v in values if v != void]
-            k = max(classes) + 1 if classes else 2
-            if names is None or len(names) < k:
-                names = [f"class_{i}" for i in range(max(k, 2))]
-            if void is not None:
-                spec["void_value"] = void
-            shown = ", ".join(str(v) for v in values[:16]) + (" ..." if len(values) > 16 else "")
-            found = f"values {{{shown}}}" + (f", void {void}" if void is not None else "")
-    if void_value is not None and spec["encoding"] != "index":
-        spec["void_value"] = void_value
+        spec.update(colors=colors, class_names=names)
+        if void_value is not None:
+            spec["void_value"] = void_value
+        return f"{len(values)} colours", _mixed_notes(stats, "rgb", {})
+    _too_wide(stats, root)
+    # one vote per grey file (palette files: as read through their palette); files that are all 0 don't vote
+    voters = [f.counts if f.kind == "grey" else f.as_binary for f in stats
+              if f.kind == "grey" or (f.kind == "palette" and f.as_binary is not None and majority == "grey")]
+    votes = Counter("none" if set(c) <= {0} else "binary" if _binary_like(c) else "other"
+                    for c in voters if c is not None)
+    binary_counts = _merge([c for c in voters if c is not None])
+    raw_values = set(_merge([f.counts for f in stats if f.kind != "rgb"]))
+    binary_like = (majority == "grey" and votes["binary"] > votes["other"]) or raw_values <= {0, 255}
+    if encoding == "binary" or (encoding is None and binary_like):
+        spec["encoding"] = "binary"
+        inbetween = sum(c for v, c in binary_counts.items() if v not in (0, 255))
+        spec["class_names"] = names if names and len(names) == 2 else ["background", "object"]
+        if void_value is not None:
+            spec["void_value"] = void_value
+        how = {"palette": "read through their palette (0/1 indices: 1 = object)", "rgb": "read as grey"}
+        return ("values {0, 255}" + (f" + {inbetween} in-between pixels" if inbetween else ""),
+                _mixed_notes(stats, "grey", how))
+    counts = _merge([f.counts for f in stats if f.kind != "rgb"])
+    values = sorted(counts)
+    spec["encoding"] = "index"
+    void = void_value if void_value is not None else dict_void
+    if void is None and 255 in counts and len(values) > 1 and values[-2] < 254:
+        void = 255
+    classes = [v for v in values if v != void]
+    k = max(classes) + 1 if classes else 2
+    if names is None or len(names) < k:
+        names = [f"class_{i}" for i in range(max(k, 2))]
     spec["class_names"] = names
-    mask_kind = "/".join(sorted(kinds))
-    spec["description"] = (f"auto-detected: layout {spec['layout']}, encoding {spec['encoding']} "
-                           f"({mask_kind} masks, {found}), splits {', '.join(splits)}")
-    spec.update({k: v for k, v in overrides.items() if k not in ("image_dir", "mask_dir", "split_files")})
-    return spec_from_dict(spec, f"dataset detected under {root}")
+    if void is not None:
+        spec["void_value"] = void
+    shown = ", ".join(str(v) for v in values[:16]) + (" ..." if len(values) > 16 else "")
+    how = {"palette": "their indices read as class ids", "grey": "their values read as class ids"}
+    return (f"values {{{shown}}}" + (f", void {void}" if void is not None else ""),
+            _mixed_notes(stats, majority, how))
 

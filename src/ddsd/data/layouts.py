@@ -5,13 +5,16 @@
   ``<split>/<stem>.jpg <split>annot/<stem>.png`` pairs (without a list, the ``<split>/`` folder is the split);
 - ``voc``: ``JPEGImages/`` + ``SegmentationClass/`` and ``ImageSets/Segmentation/<split>.txt``.
 
-A line of any split list is either a stem or a pair of paths relative to the root. Problems are collected
-(not raised) so one pass reports every bad entry.
+A line of any split list is either a stem (or file name) or a pair of paths relative to the root. Names with
+spaces: a line that as a whole names an existing file or stem is one name; a line with a tab is split on tabs
+only (``image<TAB>mask``); any other line is split on whitespace. Problems are collected (not raised) so one
+pass reports every bad entry.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +43,19 @@ def index_folder(folder: Path) -> dict[str, list[Path]]:
     return dict(out)
 
 
-def read_split_list(path: Path) -> list[list[str]]:
-    """Non-empty, non-comment lines of a split list, split on whitespace."""
+def read_split_list(path: Path, is_name: Callable[[str], bool] = lambda _: False) -> list[list[str]]:
+    """Non-empty, non-comment lines of a split list as tokens: ``[line]`` when ``is_name(line)`` (a name that
+    may hold spaces), the tab-separated fields when the line has a tab, else the whitespace-separated ones."""
     lines = []
     for raw in path.read_text().splitlines():
         line = raw.strip()
-        if line and not line.startswith("#"):
+        if not line or line.startswith("#"):
+            continue
+        if is_name(line):
+            lines.append([line])
+        elif "\t" in line:
+            lines.append([t.strip() for t in line.split("\t") if t.strip()])
+        else:
             lines.append(line.split())
     return lines
 
@@ -97,7 +107,16 @@ def resolve_split(spec: DatasetSpec, split: str, errors: ErrorCollector) -> list
     masks = index_folder(mask_dir)
     from_folder = False
     if list_path.is_file():
-        entries = read_split_list(list_path)
+
+        def is_name(line: str) -> bool:  # a stem, file name or root-relative path that holds spaces
+            if not any(c.isspace() for c in line):
+                return False
+            name = Path(line)
+            as_file = ("/" not in line and name.suffix.lower() in IMAGE_EXTS
+                       and (name.stem in images or name.stem in masks))
+            return line in images or line in masks or as_file or (root / line).is_file()
+
+        entries = read_split_list(list_path, is_name)
         if not entries:
             errors.add(f"{list_path}: split list is empty")
             return []

@@ -13,9 +13,19 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
+from PIL import Image
 
-from ddsd.data.encodings import ReadError, decode_mask, open_image, read_mask_array, resize_ids, to_rgb
+from ddsd.data.encodings import (
+    ReadError,
+    decode_mask,
+    exif_orientation,
+    open_image,
+    read_mask_array,
+    resize_ids,
+    to_rgb,
+)
 from ddsd.data.layouts import Sample
+from ddsd.data.sizing import fit
 from ddsd.data.spec import DatasetSpec
 
 T = TypeVar("T")
@@ -39,8 +49,10 @@ class LoadedPair:
     inbetween: int = 0
 
 
-def load_pair(sample: Sample, spec: DatasetSpec, size: tuple[int, int] | None = None) -> LoadedPair:
-    """Read, check and decode one pair; images resized bilinearly, masks nearest, to ``size`` = (H, W)."""
+def load_pair(sample: Sample, spec: DatasetSpec, size: tuple[int, int] | None = None,
+              pad: bool = False) -> LoadedPair:
+    """Read, check and decode one pair; images resized bilinearly, masks nearest, to ``size`` = (H, W)
+    (``pad``: aspect kept, padded; see :func:`ddsd.data.sizing.fit`)."""
     errors: list[str] = []
     img = raw = None
     try:
@@ -55,18 +67,20 @@ def load_pair(sample: Sample, spec: DatasetSpec, size: tuple[int, int] | None = 
         return LoadedPair(sample, None, None, None, errors)
     h0, w0 = raw.shape[:2]
     if img.size != (w0, h0):
-        errors.append(f"{sample.image}: image is {img.size[0]}x{img.size[1]} (WxH) but its mask "
+        turned = exif_orientation(sample.image) in (5, 6, 7, 8)
+        exif = (" after applying its EXIF rotation (stored as "
+                f"{img.size[1]}x{img.size[0]}; the mask must be drawn on the image as displayed)") if turned else ""
+        errors.append(f"{sample.image}: image is {img.size[0]}x{img.size[1]} (WxH){exif} but its mask "
                       f"{sample.mask} is {w0}x{h0}")
     dec = decode_mask(raw, spec, sample.mask)
     errors += dec.errors
     if errors:
         return LoadedPair(sample, None, None, (h0, w0), errors, dec.inbetween)
-    if size is not None and img.size != (size[1], size[0]):
-        from PIL import Image
-
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return LoadedPair(sample, np.asarray(img, dtype=np.uint8), resize_ids(dec.ids, size), (h0, w0), [],
-                      dec.inbetween)
+    ids = dec.ids
+    if size is not None and (h0, w0) != tuple(size):
+        img = fit(img, size, pad)
+        ids = np.asarray(fit(Image.fromarray(ids), size, pad, mask=True)) if pad else resize_ids(ids, size)
+    return LoadedPair(sample, np.asarray(img, dtype=np.uint8), ids, (h0, w0), [], dec.inbetween)
 
 
 def default_workers() -> int:

@@ -8,6 +8,7 @@ and the file.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -75,6 +76,7 @@ class DatasetSpec(BaseModel):
     seed: int = 0
     description: str = ""
     _source: str = PrivateAttr(default="")
+    _notes: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -132,6 +134,11 @@ class DatasetSpec(BaseModel):
     def source(self) -> str:
         """The YAML file this description was read from ('' otherwise)."""
         return self._source
+
+    @property
+    def notes(self) -> list[str]:
+        """What auto-detection found worth a warning (e.g. mask files of a kind unlike the others, by name)."""
+        return self._notes
 
     @property
     def is_binary(self) -> bool:
@@ -266,13 +273,45 @@ def load_spec(
 
             return detect_spec(path, **overrides)
         else:
-            valid = ", ".join(["builtin", *PROCEDURAL_NAMES, *shipped_names()])
-            raise DataError(
-                f"unknown dataset '{key}': not a built-in or shipped name ({valid}), "
-                "an existing YAML file or a dataset folder"
-            )
+            raise DataError(_unknown_dataset_message(key, path))
     if overrides:
         source = spec._source
         spec = _validate({**spec.model_dump(), **overrides}, f"dataset '{spec.name}' with overrides")
         spec._source = source
     return spec
+
+
+def _looks_like_path(key: str) -> bool:
+    return any(c in key for c in "/\\") or key.startswith((".", "~")) or key.endswith((".yaml", ".yml"))
+
+
+def _unknown_dataset_message(key: str, path: Path) -> str:
+    """Why ``key`` names no dataset: a path that does not exist, or a name (with the closest valid names)."""
+    names = ["builtin", *PROCEDURAL_NAMES, *shipped_names()]
+    if _looks_like_path(key):
+        parent = path.parent
+        where = "" if parent.is_dir() else f" (nor does its folder {parent})"
+        return (f"dataset path '{key}' does not exist{where}: give a dataset root folder, a YAML description "
+                f"or a name ({', '.join(names)})")
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(f'`{c}`' for c in close)}? " if close else ""
+    return (f"unknown dataset '{key}': {hint}not a built-in or shipped name ({', '.join(names)}), "
+            "an existing YAML file or a dataset folder")
+
+
+def is_shipped(spec: DatasetSpec) -> bool:
+    """Whether ``spec`` was read from the shipped ``configs/data`` folder."""
+    shipped = configs_dir()
+    return bool(spec.source) and shipped is not None and Path(spec.source).resolve().parent == shipped.resolve()
+
+
+def require_root(spec: DatasetSpec) -> None:
+    """Raise :class:`DataError` when the dataset's root folder is missing (shipped sets: say how to point at it)."""
+    if spec.layout == "procedural" or spec.root is None or spec.root.is_dir():
+        return
+    if is_shipped(spec):
+        raise DataError(
+            f"shipped dataset '{spec.name}' is not at {spec.root}: put it there, or pass --data-root DIR "
+            f"(or set DDSD_DATASETS=DIR) to a folder that holds {spec.name}/ (see configs/data/{spec.name}.yaml)")
+    where = f" (from {spec.source})" if spec.source else ""
+    raise DataError(f"dataset '{spec.name}': root folder {spec.root} does not exist{where}")

@@ -73,6 +73,9 @@ def evaluate(
         for j, idx in enumerate(batch["index"].tolist()):
             gt = dataset.original_mask(idx)
             z = logits[j : j + 1]
+            if dataset.pad:  # data.resize=pad: only the image's part of the sample is scored
+                top, left, h, w = dataset.content_box(idx)
+                z = z[..., top : top + h, left : left + w]
             if not spec.is_binary:  # channels-last: the resize and the argmax over K both run ~2x faster on CPU
                 z = z.contiguous(memory_format=torch.channels_last)
             if tuple(z.shape[-2:]) != gt.shape:

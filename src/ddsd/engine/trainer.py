@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ddsd.config import ConfigError, RunConfig, save_config
 from ddsd.data import build_dataset, collate_keep, load_spec
+from ddsd.data.sizing import resolve_size
 from ddsd.engine import distributed
 from ddsd.engine.checkpoint import load_checkpoint, save_checkpoint
 from ddsd.engine.evaluate import evaluate, main_metric
@@ -159,14 +160,17 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
     seed_everything(cfg.train.seed)
     device = ctx.device
     spec = load_spec(cfg.data.name, cfg.data.root)
-    size = tuple(cfg.data.size) if cfg.data.size else None
+    choice = resolve_size(spec, cfg.data.size, cfg.data.resize)
+    size = choice.size
+    if ctx.is_main and choice.picked:
+        console.print(f"training size {size[0]}x{size[1]} (HxW, data.resize={cfg.data.resize}): {choice.reason}")
     train_ds = build_dataset(spec, "train", size, augment=cfg.data.augment, seed=cfg.train.seed,
-                             cache_dir=cfg.data.cache_dir)
-    val_ds = build_dataset(spec, "val", size, augment=False, cache_dir=cfg.data.cache_dir)
+                             cache_dir=cfg.data.cache_dir, resize=cfg.data.resize)
+    val_ds = build_dataset(spec, "val", size, augment=False, cache_dir=cfg.data.cache_dir, resize=cfg.data.resize)
     k = spec.num_classes
     cfg = cfg.model_copy(deep=True)  # the resolved config: what was actually used is what gets saved
-    if cfg.data.size is None and spec.size is not None:
-        cfg.data.size = tuple(spec.size)
+    if cfg.data.size is None:
+        cfg.data.size = tuple(size)
     if cfg.model.num_classes is None:
         cfg.model.num_classes = k
     elif cfg.model.num_classes != k:
@@ -369,6 +373,6 @@ def _finish(cfg, run, model, val_ds, spec, size, device, ctx, amp_dtype, key, be
     for split in cfg.data.eval_splits:
         if split not in spec.splits:
             continue
-        ds = build_dataset(spec, split, size, augment=False, cache_dir=cfg.data.cache_dir)
+        ds = build_dataset(spec, split, size, augment=False, cache_dir=cfg.data.cache_dir, resize=cfg.data.resize)
         summary[split] = evaluate(model, ds, device, cfg.data.batch_size, ctx.rank, ctx.world_size, amp_dtype)
     return summary
