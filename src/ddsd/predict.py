@@ -45,6 +45,7 @@ from ddsd._io import atomic_write_bytes
 from ddsd.data.encodings import ReadError, read_image
 from ddsd.data.errors import format_errors
 from ddsd.data.transforms import to_tensor
+from ddsd.models.outputs import to_logits
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -137,7 +138,7 @@ class Predictor:
                 Image.fromarray(rgb).resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR), dtype=np.uint8
             )
         x = to_tensor(rgb)[None].to(self.device)
-        logits = self.model(x).float()  # [1, K, h', w']
+        logits = to_logits(self.model(x)).float()  # [1, K, h', w'] (any output convention, ddsd.models.outputs)
         if tuple(logits.shape[-2:]) != (h, w):
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
         ids = logits[0].argmax(0).to(torch.uint8)
