@@ -85,8 +85,12 @@ def _import_factory(spec: str) -> Factory:
         obj = importlib.import_module(module_name)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or module_name
-        what = (f"module {module_name!r}" if missing == module_name
-                else f"module {missing!r} (imported by {module_name!r})")
+        if missing == module_name:
+            what = f"module {module_name!r}"
+        elif module_name.startswith(f"{missing}."):
+            what = f"module {module_name!r} (no package {missing!r})"
+        else:
+            what = f"module {missing!r} (imported by {module_name!r})"
         raise ModelSpecError(
             f"model {spec!r}: cannot import {what}: {exc}. The module of a model spec must be importable: install "
             f"its package, or add the folder that holds it to PYTHONPATH") from None
