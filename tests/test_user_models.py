@@ -91,16 +91,16 @@ def test_missing_module_is_named(user_run: Path) -> None:
 
 
 def test_spec_errors() -> None:
-    with pytest.raises(ModelSpecError, match="unknown model 'nope'.*package.module:factory"):
+    with pytest.raises(ModelSpecError, match=r"unknown model 'nope'.*package\.module:factory"):
         get_factory("nope")
     with pytest.raises(ModelSpecError, match="no attribute 'missing'"):
         get_factory("ddsd.models.simple:missing")
-    with pytest.raises(ModelSpecError, match="not an nn.Module"):
+    with pytest.raises(ModelSpecError, match=r"not an nn\.Module"):
         create_model("builtins:str", 2)
     with user_package_on_path():
         with pytest.raises(ValueError, match="unexpected keyword argument 'depth'"):
             create_model(SPEC, 2, depth=3)
-        model, kw = build_model(SPEC, 3, {"output": "hf"})
+        model, _ = build_model(SPEC, 3, {"output": "hf"})
         assert to_logits(model(torch.randn(1, 3, 9, 10)), (9, 10)).shape == (1, 3, 9, 10)
 
 

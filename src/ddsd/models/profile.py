@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from rich.table import Table
+from rich.text import Text
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -169,7 +170,7 @@ def render_models_table(rows: Sequence[dict], title: str | None = None) -> Table
     table.add_column("CPU latency (ms)", justify="right")
     for row in rows:
         if "error" in row:
-            table.add_row(str(row["name"]), str(row.get("source", "")), "-", "-", f"[red]{row['error']}[/]")
+            table.add_row(str(row["name"]), str(row.get("source", "")), "-", "-", Text(str(row["error"]), style="red"))
             continue
         lat = row.get("latency_ms")
         table.add_row(
