@@ -236,8 +236,11 @@ def _trace_or_script(model: nn.Module, example: torch.Tensor, dynamic: bool) -> 
 def _plain(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """``model`` itself when it returns ``[B, K, H, W]`` logits at the input size (so it can still be scripted),
     else wrapped in :class:`LogitsModule` (dict / ``.logits`` / low-resolution outputs)."""
-    with _eval_mode(model), torch.no_grad():
-        out = model(example)
+    try:
+        with _eval_mode(model), torch.no_grad():
+            out = model(example)
+    except Exception:  # the exporter runs it again and reports the failure as an ExportError
+        return model
     plain = isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:] == example.shape[-2:]
     return model if plain or isinstance(model, LogitsModule) else LogitsModule(model)
 

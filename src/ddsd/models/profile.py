@@ -134,28 +134,24 @@ def profile_models(
     """Profile models given by spec (registered name, plug-in or ``package.module:factory``); one row per model.
 
     Rows: ``{"name", "source", "params": int, "macs": int, "gmacs": float, "latency_ms": float | None}``
-    (``latency_ms`` is ``None`` when ``latency=False``); a model that cannot be built (e.g. SegFormer without the
-    ``hf`` extra) gets ``{"name", "source", "error": str}``. ``names=None``: :func:`default_model_names`.
+    (``latency_ms`` is ``None`` when ``latency=False``); a model that cannot be built or run (e.g. SegFormer without
+    the ``hf`` extra, or below its 32x32 minimum input) gets ``{"name", "source", "error": str}``.
+    ``names=None``: :func:`default_model_names`.
     """
     rows: list[dict] = []
     for name in default_model_names() if names is None else names:
         torch.manual_seed(0)
+        source = "user code" if ":" in name else model_source(name)
         try:
-            source = model_source(name)
             model = create_model(name, num_classes).eval()
-        except (ImportError, ValueError) as exc:
-            rows.append({"name": name, "source": model_source(name) if ":" not in name else "user code",
-                         "error": str(exc)})
+            macs = count_macs(model, size)
+            lat = (cpu_latency_ms(model, size, batch=batch, warmup=warmup, iters=iters, threads=threads)
+                   if latency else None)
+        except (ImportError, ValueError, RuntimeError) as exc:  # e.g. no hf extra, or an input too small
+            rows.append({"name": name, "source": source, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        macs = count_macs(model, size)
-        lat = (
-            cpu_latency_ms(model, size, batch=batch, warmup=warmup, iters=iters, threads=threads)
-            if latency
-            else None
-        )
-        params = count_parameters(model)
-        rows.append({"name": name, "source": source, "params": params, "macs": macs, "gmacs": macs / 1e9,
-                     "latency_ms": lat})
+        rows.append({"name": name, "source": source, "params": count_parameters(model), "macs": macs,
+                     "gmacs": macs / 1e9, "latency_ms": lat})
     return rows
 
 
