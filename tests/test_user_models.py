@@ -129,4 +129,5 @@ def test_compare_grid_varies_the_student(tmp_path: Path) -> None:
     assert sum(f"model.name={SPEC}" in line for line in lines) == 2
     assert {Path(line.split("--out ")[1].split()[0]).parent.name for line in lines} == {
         "ce+simple", "kd+simple", "ce+tiny_fcn", "kd+tiny_fcn"}
+    assert json.loads((tmp_path / "c/compare.json").read_text())["baseline"] == "ce+simple"
     assert PLUGINS.is_dir()

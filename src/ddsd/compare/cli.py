@@ -15,16 +15,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ddsd.compare.grid import (
-    build_plan,
-    dataset_label,
-    execute,
-    expand_models,
-    parse_methods,
-    parse_seeds,
-    run_state,
-    write_grid_meta,
-)
+from ddsd.compare import grid as _grid
+from ddsd.compare.grid import build_plan, dataset_label, execute, parse_methods, parse_seeds, run_state, write_grid_meta
 from ddsd.config import METHODS, ConfigError
 
 __all__ = ["compare_command", "report_command"]
@@ -103,7 +95,7 @@ def compare_command(
     if out is None:
         raise _fail("--out DIR is required (or --collect DIR to tabulate finished runs)")
     try:
-        variants = expand_models(parse_methods(methods, variant or []), (models or "").split(","))
+        variants = _grid.expand_models(parse_methods(methods, variant or []), (models or "").split(","))
         seed_list = parse_seeds(seeds)
         if size is not None:
             from ddsd.models.cli import parse_size
@@ -119,7 +111,7 @@ def compare_command(
     except (ValueError, ConfigError) as e:
         raise _fail(str(e)) from None
     labels = [v.label for v in variants]
-    baseline = baseline or "ce"
+    baseline = baseline or next((lab for lab in labels if lab.split("+")[0] == "ce"), "ce")  # --models: ce+<first>
     if baseline not in labels:
         console.print(f"[yellow]note:[/] baseline {baseline!r} is not in the grid ({', '.join(labels)}): "
                       "no difference-to-baseline column")
