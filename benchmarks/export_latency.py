@@ -6,7 +6,9 @@
 For each model (random init, K classes, eval mode) the script exports ONNX with ``ddsd.export.export_model``
 (opset 17, static shape ``[1, 3, H, W]``), checks it with ``verify_export``, then times batch-1 inference:
 
-  eager  ``model(x)`` under ``torch.no_grad()`` (``torch.set_num_threads(N)``)
+  eager  ``model(x)`` under ``torch.no_grad()`` (``torch.set_num_threads(N)``); models with another output
+         convention (SegFormer: ``.logits`` at 1/4) run as ``LogitsModule(model)``, i.e. with the same bilinear
+         upsampling to ``H x W`` that the exported graph contains
   ort    ``InferenceSession.run`` with ``CPUExecutionProvider`` (``intra_op_num_threads=N``, graph optimisation
          level ``ORT_ENABLE_ALL``, thread spinning off: spinning ort workers would slow the next eager call)
 
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ddsd.export import export_model, verify_export
-from ddsd.models import count_parameters, create_model
+from ddsd.models import LogitsModule, count_parameters, create_model
 
 
 def _cpu_name() -> str:
@@ -56,7 +58,7 @@ def _session(path: Path, threads: int):
 def bench_model(name: str, classes: int, size: tuple[int, int], runs: int, warmup: int, threads: int, folder: Path):
     """Return a dict with median eager / ort latency (ms) for ``name`` on a ``[1, 3, H, W]`` input."""
     torch.manual_seed(0)
-    model = create_model(name, classes).eval()
+    model = LogitsModule(create_model(name, classes)).eval()  # a no-op for [B, K, H, W] models
     path = export_model(model, "onnx", folder / f"{name}.onnx", size=size)
     check = verify_export(model, path, "onnx", size=size)
     session = _session(path, threads)

@@ -330,7 +330,8 @@ def test_profile_models_and_table() -> None:
     rows = profile_models(["simple", "unet_small"], num_classes=2, size=(32, 48), latency=False)
     assert [r["name"] for r in rows] == ["simple", "unet_small"]
     for r in rows:
-        assert set(r) == {"name", "params", "macs", "gmacs", "latency_ms"}
+        assert set(r) == {"name", "source", "params", "macs", "gmacs", "latency_ms"}
+        assert r["source"] == "built-in"
         assert r["latency_ms"] is None
         assert r["gmacs"] == pytest.approx(r["macs"] / 1e9)
     rows += profile_models(["simple"], size=(16, 16), latency=True, warmup=0, iters=1)
@@ -386,3 +387,52 @@ def test_models_command_via_typer() -> None:
     bad = runner.invoke(app, ["models", "--size", "huge"])
     assert bad.exit_code != 0
     assert "huge" in bad.output
+
+
+# --------------------------------------------------------------------------- output conventions and weights
+
+
+def test_to_logits_conventions() -> None:
+    from types import SimpleNamespace
+
+    from ddsd.models.outputs import aux_logits, aux_loss, to_logits
+
+    z = torch.randn(2, 3, 4, 6)
+    for out in (z, {"out": z, "aux": z * 2}, SimpleNamespace(logits=z), (z, None), {"logits": z}):
+        assert to_logits(out) is z
+    up = to_logits({"out": z}, (8, 12))
+    assert up.shape == (2, 3, 8, 12)
+    assert torch.allclose(up, torch.nn.functional.interpolate(z, size=(8, 12), mode="bilinear", align_corners=False))
+    with pytest.raises(TypeError, match="'out'"):
+        to_logits({"seg": z})
+    with pytest.raises(ValueError, match=r"\[B, K, H, W\]"):
+        to_logits(torch.randn(2, 3, 4))
+    assert [a.shape for a in aux_logits({"out": z, "aux": z, "meta": 1}, (8, 12))] == [(2, 3, 8, 12)]
+    y = torch.randint(0, 3, (2, 8, 12))
+    y[0, 0, 0] = 255
+    assert aux_loss({"out": z}, y, 0.4) is None and aux_loss({"out": z, "aux": z}, y, 0.0) is None
+    expected = 0.4 * torch.nn.functional.cross_entropy(to_logits(z, (8, 12)), y, ignore_index=255)
+    assert torch.allclose(aux_loss({"out": z, "aux": z}, y, 0.4), expected)
+
+
+def test_weights_new_head_channels_and_mismatch(tmp_path) -> None:
+    from ddsd.models import WeightsError, build_model
+
+    src = create_model("simple", 5, in_channels=1)
+    torch.save({"model": src.state_dict(), "config": {}}, tmp_path / "ckpt.pt")  # a ddsd-style checkpoint
+    logs: list[str] = []
+    model, _ = build_model("simple", 2, weights=tmp_path / "ckpt.pt", log=logs.append)
+    text = "\n".join(logs)
+    assert "new head for 2 classes" in text and "1 -> 3 input channels" in text
+    first = next(k for k, v in src.state_dict().items() if v.dim() == 4)
+    assert torch.allclose(model.state_dict()[first], src.state_dict()[first].repeat(1, 3, 1, 1) / 3)
+    with pytest.raises(WeightsError, match="another class count"):
+        build_model("simple", 2, weights=tmp_path / "ckpt.pt", allow_new_head=False)
+    with pytest.raises(WeightsError, match="none of its"):
+        build_model("unet_small", 5, weights=tmp_path / "ckpt.pt")
+    with pytest.raises(WeightsError, match="has shape"):
+        build_model("simple", 5, {"widths": (8, 16, 16, 16)}, weights=tmp_path / "ckpt.pt")
+    with pytest.raises(WeightsError, match="not found"):
+        build_model("simple", 5, weights=tmp_path / "nope.pt")
+    grey, kw = build_model("simple", 5, in_channels=1)
+    assert kw == {} and grey.eval()(torch.randn(1, 1, 8, 8)).shape == (1, 5, 8, 8)

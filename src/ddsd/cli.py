@@ -54,13 +54,19 @@ def train(
                                              "isbi2012_membrane | camvid | a dataset YAML | a root folder")] = None,
     data_root: Annotated[str | None, typer.Option(help="folder holding the shipped datasets' folders "
                                                   "(default $DDSD_DATASETS, else ../shared/datasets)")] = None,
-    model: Annotated[str | None, typer.Option(help="simple | unet_small | unet_teacher")] = None,
+    model: Annotated[str | None, typer.Option(help="simple | unet_small | unet_teacher | segformer_b0..b5 | "
+                                              "package.module:factory | a plug-in (ddsd models lists them)")] = None,
+    model_weights: Annotated[str | None, typer.Option(help="local pretrained weights of the student: a file or "
+                                                      "a save_pretrained folder (nothing downloads)")] = None,
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     out: Annotated[str | None, typer.Option(help="run directory (default runs/<method>-<data>-s<seed>)")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="delete an existing run in --out first")] = False,
-    teacher: Annotated[str | None, typer.Option(help="checkpoint of a network teacher trained by ddsd")] = None,
+    teacher: Annotated[str | None, typer.Option(help="network teacher: a ddsd checkpoint, or a model spec "
+                                                "with --teacher-weights")] = None,
+    teacher_weights: Annotated[str | None, typer.Option(help="local weights (file or save_pretrained folder) "
+                                                        "of a teacher given as a model spec")] = None,
     teacher_cache: Annotated[str | None, typer.Option(help="folder caching the teacher's per-image logits "
                                                       "(reused across epochs/runs that see the same images)")] = None,
     teacher_amp: Annotated[str | None, typer.Option(help="precision of the teacher's forward alone: "
@@ -86,6 +92,7 @@ def train(
         base = load_config(config) if config else RunConfig()
         flags = {
             "method.name": method, "data.name": data, "data.root": data_root, "model.name": model,
+            "model.weights": model_weights, "teacher_weights": teacher_weights,
             "train.epochs": epochs, "train.seed": seed, "teacher": teacher, "train.teacher_cache": teacher_cache,
             "train.teacher_amp": teacher_amp,
             "train.device": device,

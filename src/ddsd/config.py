@@ -41,8 +41,14 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = "simple"
+    name: str = Field("simple", description="model spec: a registered name (simple, unet_small, segformer_b0, ...), "
+                      "package.module:factory, or an installed ddsd.models plug-in")
     num_classes: int | None = Field(None, description="filled from the dataset when None")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model's factory")
+    in_channels: int = Field(3, ge=1, description="input channels (recorded; passed to the factory when not 3)")
+    weights: str | None = Field(None, description="local pretrained weights: a file or a save_pretrained folder "
+                                "(a new head for another class count); nothing is downloaded")
+    aux_weight: float = Field(0.0, ge=0, description="weight of the CE of auxiliary heads (dict outputs); 0 ignores")
 
 
 class MethodConfig(_Strict):
@@ -123,6 +129,7 @@ class RunConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     teacher: str | None = Field(None, description="checkpoint of a network teacher trained by ddsd")
+    teacher_weights: str | None = Field(None, description="weights of a teacher given as a model spec")
     out: str = "runs/ddsd"
 
 

@@ -1,6 +1,9 @@
 """Export a trained student to ONNX or TorchScript, checked against PyTorch on export.
 
-Every exported artefact maps an image batch ``image [B, 3, H, W]`` (float32) to ``logits [B, K, H, W]``.
+Every exported artefact maps an image batch ``image [B, 3, H, W]`` (float32) to ``logits [B, K, H, W]``: models
+returning a dict (``"out"``), an object with ``.logits`` (Hugging Face) or lower-resolution logits (SegFormer, 1/4)
+are exported through :class:`ddsd.models.outputs.LogitsModule` (main head, bilinear upsampling to the input
+size inside the graph), the rule every other verb applies.
 With ``dynamic=True`` the batch, height and width axes are dynamic; otherwise the artefact is only
 guaranteed for the export shape ``[1, 3, H, W]``.
 
@@ -40,6 +43,7 @@ from torch import nn
 from ._io import atomic_path
 from .models.cli import parse_size as parse_cli_size
 from .models.loading import load_model
+from .models.outputs import LogitsModule, to_logits
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -229,6 +233,18 @@ def _trace_or_script(model: nn.Module, example: torch.Tensor, dynamic: bool) -> 
         ) from None
 
 
+def _plain(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``model`` itself when it returns ``[B, K, H, W]`` logits at the input size (so it can still be scripted),
+    else wrapped in :class:`LogitsModule` (dict / ``.logits`` / low-resolution outputs)."""
+    try:
+        with _eval_mode(model), torch.no_grad():
+            out = model(example)
+    except Exception:  # the exporter runs it again and reports the failure as an ExportError
+        return model
+    plain = isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:] == example.shape[-2:]
+    return model if plain or isinstance(model, LogitsModule) else LogitsModule(model)
+
+
 def export_model(
     model: nn.Module,
     fmt: Format,
@@ -261,6 +277,7 @@ def export_model(
     onnx = _require_onnx()[0] if kind == "onnx" else None
     device = _model_device(model)
     example = torch.randn(1, 3, *size, device=device, generator=torch.Generator(device=device).manual_seed(0))
+    model = _plain(model, example)
     with _eval_mode(model), torch.no_grad(), atomic_path(out, suffix=out.suffix or ".tmp") as tmp:
         if kind == "onnx":
             axes = {0: "batch", 2: "height", 3: "width"}
@@ -359,7 +376,7 @@ def verify_export(
         raise fail(f"cannot load it ({type(exc).__name__}: {exc})") from None
     with _eval_mode(model), torch.no_grad():
         for x in xs:
-            ref = model(x.to(device)).float().cpu()
+            ref = to_logits(model(x.to(device)), x.shape[-2:]).float().cpu()
             try:
                 got = run(x).float()
             except Exception as exc:

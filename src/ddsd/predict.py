@@ -47,6 +47,7 @@ from ddsd.data.encodings import ReadError, read_image
 from ddsd.data.errors import format_errors
 from ddsd.data.sizing import fit, fit_box
 from ddsd.data.transforms import to_tensor
+from ddsd.models.outputs import to_logits
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -140,7 +141,8 @@ class Predictor:
             rgb = np.asarray(fit(Image.fromarray(rgb), self.size, self.pad), dtype=np.uint8)
             box = fit_box((h, w), self.size, self.pad)
         x = to_tensor(rgb)[None].to(self.device)
-        logits = self.model(x).float()  # [1, K, h', w']
+        # any output convention (ddsd.models.outputs), upsampled to the input before the padding is cropped
+        logits = to_logits(self.model(x), tuple(x.shape[-2:])).float()  # [1, K, h', w']
         if box is not None and self.pad:
             top, left, bh, bw = box
             logits = logits[..., top : top + bh, left : left + bw]

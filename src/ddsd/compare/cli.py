@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ddsd.compare import grid as _grid
 from ddsd.compare.grid import build_plan, dataset_label, execute, parse_methods, parse_seeds, run_state, write_grid_meta
 from ddsd.config import METHODS, ConfigError
 
@@ -65,6 +66,8 @@ def compare_command(
     epochs: Annotated[int | None, typer.Option(min=1, help="epochs of every run")] = None,
     size: Annotated[str | None, typer.Option(help="training/eval resolution HxW of every run")] = None,
     model: Annotated[str | None, typer.Option(help="student model of every run")] = None,
+    models: Annotated[str | None, typer.Option(
+        help="comma list of student models: every method runs once per model (columns <method>+<model>)")] = None,
     out: Annotated[Path | None, typer.Option(help="comparison directory (runs/, runs.csv, table.md, plots/)")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="parallel training processes (threads = cpu_count // jobs)")] = 1,
     plan: Annotated[bool, typer.Option(
@@ -92,7 +95,7 @@ def compare_command(
     if out is None:
         raise _fail("--out DIR is required (or --collect DIR to tabulate finished runs)")
     try:
-        variants = parse_methods(methods, variant or [])
+        variants = _grid.expand_models(parse_methods(methods, variant or []), (models or "").split(","))
         seed_list = parse_seeds(seeds)
         if size is not None:
             from ddsd.models.cli import parse_size
@@ -108,14 +111,14 @@ def compare_command(
     except (ValueError, ConfigError) as e:
         raise _fail(str(e)) from None
     labels = [v.label for v in variants]
-    baseline = baseline or "ce"
+    baseline = baseline or next((lab for lab in labels if lab.split("+")[0] == "ce"), "ce")  # --models: ce+<first>
     if baseline not in labels:
         console.print(f"[yellow]note:[/] baseline {baseline!r} is not in the grid ({', '.join(labels)}): "
                       "no difference-to-baseline column")
     command = _command_line(
         methods=methods, variant=variant or [], datasets=datasets, seeds=seeds, teacher=teacher or [],
         teacher_cache=teacher_cache,
-        config_dir=config_dir, set=set_ or [], epochs=epochs, size=size, model=model, out=out, jobs=jobs,
+        config_dir=config_dir, set=set_ or [], epochs=epochs, size=size, model=model, models=models, out=out, jobs=jobs,
         baseline=baseline, snapshots=snapshots if snapshots != 4 else None,
     )
     meta = {"command": command, "methods": labels, "datasets": [dataset_label(d) for d in data_list],
@@ -128,7 +131,8 @@ def compare_command(
         console.print(f"{len(todo)} of {len(grid)} runs to do ({len(grid) - len(todo)} finished, not listed); then: "
                       f"ddsd compare --collect {shlex.quote(str(out))}")
         return
-    missing = sorted({s.teacher for s in grid if s.teacher and not Path(s.teacher).is_file()})
+    missing = sorted({s.teacher for s in grid if s.teacher and not Path(s.teacher).is_file()
+                      and not any(o.startswith("teacher_weights=") for o in s.overrides)})
     if missing:
         raise _fail(f"teacher checkpoint not found: {', '.join(missing)}")
     t0 = time.perf_counter()

@@ -36,6 +36,7 @@ __all__ = [
     "build_plan",
     "dataset_label",
     "execute",
+    "expand_models",
     "parse_methods",
     "parse_seeds",
     "run_state",
@@ -142,6 +143,24 @@ def parse_methods(methods: str | None, variants: Sequence[str] = ()) -> list[Var
         seen.add(v.label)
     if not out:
         raise ValueError(f"no method given; choose from {', '.join(METHODS)} (--methods) or add --variant")
+    return out
+
+
+def expand_models(variants: Sequence[Variant], models: Sequence[str]) -> list[Variant]:
+    """``--models a,b``: every method column once per student model, labelled ``<label>+<model>`` (the model's
+    name, or a ``package.module:factory`` spec's factory name) with ``model.name=<spec>`` added first (a variant's
+    own overrides still win). One model keeps the labels unchanged."""
+    models = [m.strip() for m in models if m.strip()]
+    if len(set(models)) != len(models):
+        raise ValueError(f"--models names a model twice: {', '.join(models)}")
+    if not models:
+        return list(variants)
+    out = []
+    for m in models:
+        tag = re.sub(r"[^A-Za-z0-9_.+-]", "_", m.rpartition(":")[2] or m)
+        for v in variants:
+            label = v.label if len(models) == 1 else f"{v.label}+{tag}"
+            out.append(Variant(label, v.method, (f"model.name={m}", *v.overrides)))
     return out
 
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ddsd.data import SegDataset, collate_keep
 from ddsd.metrics import BinarySegMetrics, MulticlassSegMetrics, class_argmax
+from ddsd.models.outputs import to_logits
 
 __all__ = ["build_metrics", "evaluate", "main_metric"]
 
@@ -68,7 +69,7 @@ def evaluate(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            logits = model(x)
+            logits = to_logits(model(x))  # any output convention; resized to each mask's size below
         logits = logits.float()
         for j, idx in enumerate(batch["index"].tolist()):
             gt = dataset.original_mask(idx)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ddsd._io import atomic_write_bytes
 from ddsd.data import collate_keep, denormalize
+from ddsd.models.outputs import to_logits
 
 __all__ = ["load_snapshot", "save_snapshot"]
 
@@ -33,7 +34,7 @@ def save_snapshot(
     x, y = batch["image"].to(device), batch["mask"].to(device)
     was_training = model.training
     model.eval()
-    logits = model(x).float()
+    logits = to_logits(model(x), y.shape[-2:]).float()
     model.train(was_training)
     t_logits = teacher(x, size=tuple(y.shape[-2:])) if teacher is not None else None
     d, keep = crit.pixel_maps(logits, y, t_logits)

@@ -36,7 +36,8 @@ from ddsd.engine.rundir import MetricsLog, RunDir, environment, write_json
 from ddsd.engine.seeding import get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from ddsd.engine.snapshots import save_snapshot
 from ddsd.methods import TEACHER_METHODS, build_criterion
-from ddsd.models import CachedTeacher, create_model, file_fingerprint, load_teacher
+from ddsd.models import CachedTeacher, build_student, build_teacher
+from ddsd.models.outputs import aux_loss, to_logits
 
 __all__ = ["RunExistsError", "build_lr_lambda", "train"]
 
@@ -126,6 +127,10 @@ def _check_resumable(saved: dict[str, Any], cfg: RunConfig, path: Path) -> None:
                           "use the same config or a new --out")
 
 
+def _quiet(_: str) -> None:
+    return None
+
+
 def _sync_buffers(model: nn.Module, ctx: distributed.DistContext) -> None:
     """Under DDP, give every rank rank 0's buffers (BatchNorm running statistics drift apart per rank), so the
     ranks evaluate exactly the model that rank 0 saves."""
@@ -175,7 +180,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
         cfg.model.num_classes = k
     elif cfg.model.num_classes != k:
         raise ValueError(f"model.num_classes={cfg.model.num_classes} but dataset '{spec.name}' has {k} classes")
-    model = create_model(cfg.model.name, k).to(device)
+    model = build_student(cfg.model, k, log=console.log if ctx.is_main else _quiet).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.teacher and cfg.method.name not in TEACHER_METHODS:
@@ -186,16 +191,19 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                          "but no teacher is set (--teacher)")
     teacher_cl = cfg.train.teacher_channels_last or cfg.train.channels_last
     teacher: nn.Module | None = None
+    if cfg.teacher_weights and not cfg.teacher:
+        raise ValueError(f"teacher_weights={cfg.teacher_weights!r} needs a teacher model spec (--teacher)")
     if cfg.teacher:
-        teacher = load_teacher(cfg.teacher, autocast_dtype=_AMP[cfg.train.teacher_amp],
-                               channels_last=teacher_cl).to(device)
+        teacher, t_fingerprint = build_teacher(cfg.teacher, cfg.teacher_weights, k, _AMP[cfg.train.teacher_amp],
+                                               teacher_cl, log=console.log if ctx.is_main else _quiet)
+        teacher = teacher.to(device)
     if teacher is not None and teacher.num_classes not in (None, k):
         raise ValueError(f"teacher {cfg.teacher} predicts {teacher.num_classes} classes, the data has {k}")
     if teacher is not None and cfg.train.teacher_cache:
         assert cfg.teacher is not None
         # the key covers how the teacher runs (its precision and layout change the logits' last bits)
         how = f"|amp={cfg.train.teacher_amp}|channels_last={teacher_cl}"
-        teacher = CachedTeacher(teacher, cfg.train.teacher_cache, file_fingerprint(cfg.teacher) + how)
+        teacher = CachedTeacher(teacher, cfg.train.teacher_cache, t_fingerprint + how)
 
     steps_per_epoch = len(_train_loader(cfg, train_ds, 0, ctx))
     total_steps = cfg.train.epochs * steps_per_epoch
@@ -270,9 +278,12 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                 data_time += time.perf_counter() - t_data
                 autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
                 with autocast:
-                    logits = net(x)
+                    raw = net(x)
+                    logits = to_logits(raw, y.shape[-2:])  # dict / .logits / low-res outputs -> [B, K, H, W]
                     t_logits = teacher(x, size=tuple(y.shape[-2:])) if teacher is not None else None
                 out = crit(logits, y, t_logits)
+                if (aux := aux_loss(raw, y, cfg.model.aux_weight, spec.ignore_index)) is not None:
+                    out = out._replace(loss=out.loss + aux)
                 stat_names = ["loss", *out.tensors]
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()

@@ -9,7 +9,7 @@ import torch
 import typer
 from rich.console import Console
 
-from .profile import profile_models, render_models_table
+from .profile import default_model_names, profile_models, render_models_table
 
 __all__ = ["models_command", "parse_size"]
 
@@ -43,10 +43,17 @@ def models_command(
     threads: Annotated[
         int, typer.Option(help="CPU threads for latency; 0 keeps torch's default.", min=0)
     ] = 0,
+    models: Annotated[str | None, typer.Option(
+        help="comma list of model specs (registered names, plug-ins, package.module:factory) or 'all'; default: "
+             "the built-ins, segformer_b0 and the installed plug-ins")] = None,
 ) -> None:
-    """Print a table of parameters, multiply-accumulates and CPU latency for each registered model."""
+    """Print a table of parameters, multiply-accumulates and CPU latency for each model (source: built-in, the hf
+    extra, an installed ``ddsd.models`` plug-in, or user code)."""
     h, w = parse_size(size)
-    rows = profile_models(num_classes=num_classes, size=(h, w), latency=latency, threads=threads or None)
+    names = None if models is None else (
+        default_model_names(everything=True) if models.strip() == "all"
+        else [m.strip() for m in models.split(",") if m.strip()])
+    rows = profile_models(names, num_classes=num_classes, size=(h, w), latency=latency, threads=threads or None)
     n_threads = threads or torch.get_num_threads()
     title = f"Models at {h}x{w}, K={num_classes}" + (
         f" (CPU latency: batch 1, {n_threads} threads)" if latency else ""

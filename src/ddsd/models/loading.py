@@ -2,7 +2,8 @@
 predict and eval.
 
 A checkpoint is a dict with ``model`` (a ``state_dict``) and ``config`` holding ``config["model"]["name"]``
-(a registered model), ``config["model"]["num_classes"]`` and optionally ``config["model"]["kwargs"]``.
+(a model spec: registered name, ``package.module:factory`` or plug-in), ``config["model"]["num_classes"]`` and
+optionally ``config["model"]["kwargs"]`` and ``config["model"]["in_channels"]`` (see :mod:`ddsd.models.build`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddsd.models.registry import create_model
+from ddsd.models.build import build_model
 
 __all__ = ["load_model", "strip_prefixes"]
 
@@ -73,8 +74,10 @@ def load_model(
         raise ValueError(f"checkpoint {path}: 'model' must be a state_dict mapping, got {type(state_dict).__name__}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
         raise ValueError(f"checkpoint {path}: config['model']['num_classes'] must be an int, got {num_classes!r}")
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"checkpoint {path}: config['model']['kwargs'] must be a mapping, got {kwargs!r}")
     try:
-        model = create_model(str(name), num_classes, **dict(kwargs))
+        model, _ = build_model(str(name), num_classes, kwargs, int(model_cfg.get("in_channels") or 3))
     except ValueError as exc:
         raise ValueError(f"checkpoint {path}: {exc}") from None
     try:

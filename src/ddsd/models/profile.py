@@ -15,14 +15,33 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from rich.table import Table
+from rich.text import Text
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import create_model, list_models
+from .registry import create_model, entry_point_models, get_factory, list_models
 
-__all__ = ["count_macs", "count_parameters", "cpu_latency_ms", "profile_models", "render_models_table"]
+__all__ = ["count_macs", "count_parameters", "cpu_latency_ms", "default_model_names", "model_source",
+           "profile_models", "render_models_table"]
 
-DEFAULT_MODELS: tuple[str, ...] = ("simple", "unet_small", "unet_teacher")
+DEFAULT_MODELS: tuple[str, ...] = ("simple", "unet_small", "unet_teacher", "segformer_b0")
+
+
+def default_model_names(everything: bool = False) -> list[str]:
+    """The built-ins, ``segformer_b0`` and every installed plug-in (``everything``: also ``segformer_b1..b5`` and
+    any other registered model)."""
+    extra = [n for n in list_models() if n not in DEFAULT_MODELS and (everything or not n.startswith("segformer_"))]
+    return [n for n in DEFAULT_MODELS if n in list_models()] + extra + sorted(entry_point_models())
+
+
+def model_source(spec: str) -> str:
+    """Where a spec's factory comes from: ``built-in``, ``hf (extra)``, ``plug-in (module:attr)`` or ``user code``."""
+    if ":" in spec:
+        return "user code"
+    if spec.strip().lower().replace("-", "_") in list_models():
+        return "hf (extra)" if getattr(get_factory(spec), "source", "") == "hf" else "built-in"
+    ep = entry_point_models().get(spec.strip().lower().replace("-", "_"))
+    return f"plug-in ({ep.value})" if ep is not None else "?"
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -112,41 +131,47 @@ def profile_models(
     warmup: int = 3,
     iters: int = 10,
 ) -> list[dict]:
-    """Profile registered models; one row per model.
+    """Profile models given by spec (registered name, plug-in or ``package.module:factory``); one row per model.
 
-    Rows: ``{"name": str, "params": int, "macs": int, "gmacs": float, "latency_ms": float | None}``
-    (``latency_ms`` is ``None`` when ``latency=False``). ``names=None`` profiles the built-in
-    ``simple``, ``unet_small`` and ``unet_teacher`` plus any other registered models.
+    Rows: ``{"name", "source", "params": int, "macs": int, "gmacs": float, "latency_ms": float | None}``
+    (``latency_ms`` is ``None`` when ``latency=False``); a model that cannot be built or run (e.g. SegFormer without
+    the ``hf`` extra, or below its 32x32 minimum input) gets ``{"name", "source", "error": str}``.
+    ``names=None``: :func:`default_model_names`.
     """
-    if names is None:
-        extra = [n for n in list_models() if n not in DEFAULT_MODELS]
-        names = [n for n in DEFAULT_MODELS if n in list_models()] + extra
     rows: list[dict] = []
-    for name in names:
+    for name in default_model_names() if names is None else names:
         torch.manual_seed(0)
-        model = create_model(name, num_classes).eval()
-        macs = count_macs(model, size)
-        lat = (
-            cpu_latency_ms(model, size, batch=batch, warmup=warmup, iters=iters, threads=threads)
-            if latency
-            else None
-        )
-        params = count_parameters(model)
-        rows.append({"name": name, "params": params, "macs": macs, "gmacs": macs / 1e9, "latency_ms": lat})
+        source = "user code" if ":" in name else model_source(name)
+        try:
+            model = create_model(name, num_classes).eval()
+            macs = count_macs(model, size)
+            lat = (cpu_latency_ms(model, size, batch=batch, warmup=warmup, iters=iters, threads=threads)
+                   if latency else None)
+        except (ImportError, ValueError, RuntimeError) as exc:  # e.g. no hf extra, or an input too small
+            rows.append({"name": name, "source": source, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        rows.append({"name": name, "source": source, "params": count_parameters(model), "macs": macs,
+                     "gmacs": macs / 1e9, "latency_ms": lat})
     return rows
 
 
 def render_models_table(rows: Sequence[dict], title: str | None = None) -> Table:
-    """Rich table (Model, Params, GMACs, CPU latency ms) of :func:`profile_models` rows."""
+    """Rich table (Model, Source, Params, GMACs, CPU latency ms) of :func:`profile_models` rows; a row that could
+    not be built shows its error."""
     table = Table(title=title)
     table.add_column("Model", style="bold")
+    table.add_column("Source")
     table.add_column("Params", justify="right")
     table.add_column("GMACs", justify="right")
     table.add_column("CPU latency (ms)", justify="right")
     for row in rows:
+        if "error" in row:
+            table.add_row(str(row["name"]), str(row.get("source", "")), "-", "-", Text(str(row["error"]), style="red"))
+            continue
         lat = row.get("latency_ms")
         table.add_row(
             str(row["name"]),
+            str(row.get("source", "")),
             f"{int(row['params']):,}",
             f"{float(row['gmacs']):.3f}",
             "-" if lat is None else f"{float(lat):.1f}",

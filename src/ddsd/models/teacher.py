@@ -21,15 +21,18 @@ call it directly on each rank.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .build import build_model
 from .loading import load_model
+from .outputs import resize_logits, to_logits
+from .teacher_cache import file_fingerprint, path_fingerprint
 
-__all__ = ["FrozenTeacher", "load_teacher"]
+__all__ = ["FrozenTeacher", "build_teacher", "load_teacher"]
 
 
 class FrozenTeacher(nn.Module):
@@ -75,12 +78,11 @@ class FrozenTeacher(nn.Module):
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.autocast_dtype is not None:
                 with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                    logits = self.net(x)
+                    logits = to_logits(self.net(x))
                 logits = logits.float()
             else:
-                logits = self.net(x)
-            if size is not None and tuple(logits.shape[-2:]) != tuple(size):
-                logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+                logits = to_logits(self.net(x))
+            logits = resize_logits(logits, size)
         return logits
 
 
@@ -107,5 +109,35 @@ def load_teacher(
         ValueError: the file is not such a checkpoint dict, or a required key is missing (the message
             names the file and the key).
     """
-    model, _ = load_model(checkpoint_path, map_location=map_location, weights_only=weights_only)
-    return FrozenTeacher(model, autocast_dtype=autocast_dtype, channels_last=channels_last).to(map_location)
+    model, config = load_model(checkpoint_path, map_location=map_location, weights_only=weights_only)
+    teacher = FrozenTeacher(model, autocast_dtype=autocast_dtype, channels_last=channels_last).to(map_location)
+    teacher.num_classes = int(config["model"]["num_classes"])
+    return teacher
+
+
+def build_teacher(
+    teacher: str, weights: str | Path | None, num_classes: int, autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False, log: Callable[[str], None] = print,
+) -> tuple[FrozenTeacher, str]:
+    """``(frozen teacher, fingerprint of its weights)`` from what ``--teacher`` / ``--teacher-weights`` name.
+
+    * ``weights is None``: ``teacher`` is a ddsd checkpoint of any registered or user model (rebuilt from its
+      recorded spec); the fingerprint is the file's sha256.
+    * ``weights`` given: ``teacher`` is a model spec (``segformer_b2``, ``pkg.module:factory``, a plug-in) built
+      for ``num_classes`` with those local weights (a file or ``save_pretrained`` folder; a Hugging Face folder
+      also gives the architecture); the weights must predict ``num_classes`` classes. The fingerprint hashes
+      the spec and the weights' bytes.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming what is missing or wrong.
+    """
+    if weights is None:
+        if not Path(teacher).is_file():
+            hint = (f"; {teacher!r} looks like a model spec: give its weights with --teacher-weights PATH"
+                    if not Path(teacher).suffix else "")
+            raise FileNotFoundError(f"teacher checkpoint not found: {teacher}{hint}")
+        return (load_teacher(teacher, autocast_dtype=autocast_dtype, channels_last=channels_last),
+                file_fingerprint(teacher))
+    model, _ = build_model(teacher, num_classes, weights=weights, log=log, allow_new_head=False)
+    frozen = FrozenTeacher(model.eval(), autocast_dtype=autocast_dtype, channels_last=channels_last)
+    frozen.num_classes = num_classes
+    return frozen, path_fingerprint(weights, extra=teacher)

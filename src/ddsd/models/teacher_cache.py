@@ -30,7 +30,7 @@ from torch import nn
 
 from ddsd._io import atomic_write
 
-__all__ = ["CachedTeacher", "file_fingerprint"]
+__all__ = ["CachedTeacher", "file_fingerprint", "path_fingerprint"]
 
 _VERSION = b"ddsd-teacher-cache-v1"
 
@@ -41,6 +41,17 @@ def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
     with Path(path).open("rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def path_fingerprint(path: str | Path, extra: str = "") -> str:
+    """``sha256`` of ``extra`` and the bytes of a file, or of every file of a folder (relative names included, in
+    sorted order): identifies a teacher given as a spec plus weights."""
+    p = Path(path)
+    h = hashlib.sha256(extra.encode())
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(f"|{f.relative_to(p) if p.is_dir() else f.name}|{file_fingerprint(f)}".encode())
     return h.hexdigest()
 
 
