@@ -69,7 +69,9 @@ def evaluate(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            logits = to_logits(model(x))  # any output convention; resized to each mask's size below
+            # any output convention; resized to each mask's size below (to the input's first when padding is
+            # cropped, as the content box is in input pixels)
+            logits = to_logits(model(x), tuple(x.shape[-2:]) if dataset.pad else None)
         logits = logits.float()
         for j, idx in enumerate(batch["index"].tolist()):
             gt = dataset.original_mask(idx)
