@@ -14,9 +14,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from ddsd.compare.grid import build_plan, dataset_label, execute, parse_methods, parse_seeds, run_state, write_grid_meta
-from ddsd.config import METHODS, ConfigError
+from ddsd._io import LockedError, exclusive_lock
+from ddsd.compare.grid import build_plan, dataset_label, parse_methods, parse_seeds, run_state, write_grid_meta
+from ddsd.config import METHODS, ConfigError, RunConfig, apply_overrides, load_config
+from ddsd.engine.interrupts import sigterm_as_interrupt
 
 __all__ = ["compare_command", "report_command"]
 
@@ -24,7 +27,7 @@ console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
 
 
@@ -87,7 +90,7 @@ def compare_command(
             collect_dir(collect, baseline=baseline, console=console)
         except (FileNotFoundError, ValueError) as e:
             raise _fail(str(e)) from None
-        console.print(f"wrote {collect / 'table.md'}, {collect / 'runs.csv'} and {collect / 'plots'}/")
+        console.print(escape(f"wrote {collect / 'table.md'}, {collect / 'runs.csv'} and {collect / 'plots'}/"))
         return
     if out is None:
         raise _fail("--out DIR is required (or --collect DIR to tabulate finished runs)")
@@ -110,8 +113,8 @@ def compare_command(
     labels = [v.label for v in variants]
     baseline = baseline or "ce"
     if baseline not in labels:
-        console.print(f"[yellow]note:[/] baseline {baseline!r} is not in the grid ({', '.join(labels)}): "
-                      "no difference-to-baseline column")
+        console.print("[yellow]note:[/] " + escape(f"baseline {baseline!r} is not in the grid ({', '.join(labels)}): "
+                                                   "no difference-to-baseline column"))
     command = _command_line(
         methods=methods, variant=variant or [], datasets=datasets, seeds=seeds, teacher=teacher or [],
         teacher_cache=teacher_cache,
@@ -125,28 +128,59 @@ def compare_command(
         todo = [s for s in grid if run_state(s.rundir) != "done"]
         for spec in todo:
             typer.echo(shlex.join(spec.argv(resume=True)))
-        console.print(f"{len(todo)} of {len(grid)} runs to do ({len(grid) - len(todo)} finished, not listed); then: "
-                      f"ddsd compare --collect {shlex.quote(str(out))}")
+        console.print(escape(f"{len(todo)} of {len(grid)} runs to do ({len(grid) - len(todo)} finished, not listed); "
+                             f"then: ddsd compare --collect {shlex.quote(str(out))}"))
         return
     missing = sorted({s.teacher for s in grid if s.teacher and not Path(s.teacher).is_file()})
     if missing:
         raise _fail(f"teacher checkpoint not found: {', '.join(missing)}")
+    try:
+        _check_datasets(grid)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    from ddsd.compare.runner import execute
+
     t0 = time.perf_counter()
     try:
-        results = execute(grid, jobs=jobs, console=console, progress=progress)
+        with exclusive_lock(out / ".compare.lock", f"comparison directory {out}"), sigterm_as_interrupt():
+            results = execute(grid, jobs=jobs, console=console, progress=progress)
+    except LockedError as e:
+        raise _fail(str(e)) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; run the same command again to resume", 130) from None
+        raise _fail("interrupted (the runs were stopped; their last checkpoints are intact); run the same command "
+                    "again to resume", 130) from None
     write_grid_meta(out, {"elapsed_s": time.perf_counter() - t0})
     failed = [r for r in results if r.status == "failed"]
     if any(r.status != "failed" for r in results):
         collect_dir(out, baseline=baseline, console=console)
-        console.print(f"wrote {out / 'table.md'}, {out / 'runs.csv'} and {out / 'plots'}/ "
-                      f"(ddsd report {shlex.quote(str(out))} for one HTML file)")
+        console.print(escape(f"wrote {out / 'table.md'}, {out / 'runs.csv'} and {out / 'plots'}/ "
+                             f"(ddsd report {shlex.quote(str(out))} for one HTML file)"))
     if failed:
         console.print(f"[bold red]{len(failed)} run(s) failed:[/]")
         for r in failed:
-            console.print(f"  {r.spec.name}: exit {r.returncode}, log {r.spec.log}")
+            console.print(escape(f"  {r.spec.name}: exit {r.returncode}, log {r.spec.log}"))
         raise typer.Exit(1)
+
+
+def _check_datasets(grid) -> None:
+    """Refuse before any run starts when a dataset of the grid cannot be found (ValueError naming it)."""
+    from ddsd.data import load_spec
+    from ddsd.data.errors import DataError
+
+    seen: set[tuple[str, str | None]] = set()
+    for spec in grid:
+        try:
+            base = load_config(spec.config) if spec.config is not None else RunConfig()
+            root = apply_overrides(base, list(spec.overrides)).data.root
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        if (spec.dataset, root) in seen:
+            continue
+        seen.add((spec.dataset, root))
+        try:
+            load_spec(spec.dataset, root)
+        except (DataError, FileNotFoundError, ValueError) as e:
+            raise ValueError(f"dataset {spec.dataset!r} of --datasets: {e}; no run was started") from None
 
 
 def report_command(
@@ -163,4 +197,4 @@ def report_command(
         path = write_report(dir, baseline=baseline, console=console)
     except (FileNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
-    console.print(f"wrote {path}")
+    console.print(escape(f"wrote {path}"))
