@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -233,20 +232,13 @@ def debugging() -> bool:
 def main() -> None:
     """Console-script entry point: an unexpected error is one line (the full traceback with ``--debug``)."""
     try:
-        rc = app(prog_name="ddsd", standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        console.print("[bold red]error:[/] interrupted")
-        sys.exit(130)
-    except click.ClickException as e:  # a bad option: click's own message and exit code (2)
-        e.show()
-        sys.exit(e.exit_code)
+        app(prog_name="ddsd")  # click handles bad options, Ctrl-C outside a run, and exit codes
     except Exception as e:
         if debugging():
             raise
         console.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {e}')} "
                       "(run with --debug for the full traceback)")
         sys.exit(1)
-    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

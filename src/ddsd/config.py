@@ -239,5 +239,10 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
                 sections = [k for k, v in node.items() if isinstance(v, dict)]
                 raise ConfigError(f"override {item!r}: unknown section '{p}'{did_you_mean(p, sections)}")
             node = node[p]
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it, e.g. "
+                              f"{key.strip()}='\"...\"'") from None
     return validate(data, "overrides " + " ".join(overrides))

@@ -121,7 +121,7 @@ def execute(plan: Sequence[RunSpec], jobs: int = 1, console: Console | None = No
         try:
             while pending:
                 done, _ = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
-                _report_epochs([i for f, i in pending.items() if f not in done], plan, epochs_seen, bar, task)
+                _report_epochs(list(pending.values()), plan, epochs_seen, bar, task)  # the ones just done too
                 for fut in done:
                     i = pending.pop(fut)
                     res = fut.result()

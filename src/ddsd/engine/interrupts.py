@@ -2,7 +2,8 @@
 
 * SIGTERM is turned into ``KeyboardInterrupt`` while a run trains, so both end the same way: the trainer raises
   :class:`TrainingInterrupted`, whose message names the epoch that was running, the epoch ``last.pt`` holds
-  and the command that continues the run.
+  and the command that continues the run. Inside :func:`deferred` (the end-of-epoch writes) a signal waits
+  until the block ends, so what the message says was saved is what is on disk.
 * A write that fails (disk full, permissions) raises :class:`RunWriteError` naming the file, the reason and
   what is still intact (checkpoints are written atomically, so ``last.pt`` always holds a complete epoch).
 * A training started by ``ddsd compare`` watches its parent (``DDSD_PARENT_PID``): when the parent dies, even
@@ -22,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["PARENT_ENV", "RunWriteError", "TrainingInterrupted", "sigterm_as_interrupt", "watch_parent",
+__all__ = ["PARENT_ENV", "RunWriteError", "TrainingInterrupted", "deferred", "sigterm_as_interrupt", "watch_parent",
            "write_failure"]
 
 #: environment variable holding the pid of the process a training must not outlive (set by ``ddsd compare``)
@@ -45,7 +46,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __init__(self, root: str | Path, epoch: int, saved: int) -> None:
         self.root, self.epoch, self.saved = str(root), epoch, saved
-        super().__init__(f"interrupted at epoch {epoch}; {_state(root, saved)}")
+        when = f"after epoch {saved}" if saved >= epoch > 0 else f"at epoch {epoch}"
+        super().__init__(f"interrupted {when}; {_state(root, saved)}")
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -78,21 +80,46 @@ def write_failure(path: str | Path, err: BaseException, root: str | Path, saved:
                          "once the cause is fixed (e.g. space freed)")
 
 
+class _Signals:
+    depth = 0  # > 0 inside deferred()
+    pending: str | None = None
+
+
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    name = signal.Signals(signum).name
+    if _Signals.depth > 0:
+        _Signals.pending = name
+        return
+    raise KeyboardInterrupt(f"signal {name}")
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``KeyboardInterrupt`` like Ctrl-C (main thread only; else a no-op)."""
+    """Within the block, SIGTERM raises ``KeyboardInterrupt`` like Ctrl-C, both at once or, inside
+    :func:`deferred`, at its end (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM (under :func:`sigterm_as_interrupt`) until the block ends: a group of writes and
+    the bookkeeping of what they saved complete together."""
+    _Signals.depth += 1
+    try:
+        yield
+    finally:
+        _Signals.depth -= 1
+    if _Signals.depth == 0 and _Signals.pending is not None:
+        name, _Signals.pending = _Signals.pending, None
+        raise KeyboardInterrupt(f"signal {name}")
 
 
 def watch_parent(pid: int | None = None, interval: float = 1.0) -> threading.Thread | None:

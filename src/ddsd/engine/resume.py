@@ -52,6 +52,7 @@ def load_last(last: Path, best: Path, map_location: torch.device | str) -> dict[
         fix = (f"to continue from the best epoch instead, copy it over: `cp {shlex.quote(str(best))} "
                f"{shlex.quote(str(last))}` and resume again (the epochs after it are trained anew); "
                if best.is_file() else "")
-        raise CheckpointError(f"cannot resume {root}: {last} is unreadable (half-written or damaged: {e}); "
+        why = str(e).split(". ")[0].replace(f"cannot read checkpoint {last}: ", "")
+        raise CheckpointError(f"cannot resume {root}: {last} is unreadable (half-written or damaged: {why}); "
                               f"{fix}or start again with `--overwrite` or another --out. Nothing was deleted."
                               ) from None

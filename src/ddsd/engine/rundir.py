@@ -20,7 +20,7 @@ import torch
 from ddsd._io import atomic_write_bytes, write_csv
 
 __all__ = ["RUN_FILES", "MetricsLog", "RunDir", "clear_run", "environment", "read_metrics", "remove_attempt",
-           "write_json"]
+           "run_files", "write_json"]
 
 #: what a run writes in its directory (glob patterns, relative to it): all that ``--overwrite`` may delete
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "train.log", ".ddsd.lock", "checkpoints/last.pt",
@@ -85,11 +85,14 @@ class RunDir:
         return self.summary.is_file()
 
 
-def _delete_run_files(root: Path, patterns: tuple[str, ...] = RUN_FILES) -> None:
-    for pattern in patterns:
-        for p in root.glob(pattern):
-            if p.is_file() or p.is_symlink():
-                p.unlink()
+def run_files(root: Path, patterns: tuple[str, ...] = RUN_FILES) -> set[Path]:
+    """The files in ``root`` that a run writes (:data:`RUN_FILES`)."""
+    return {p for pattern in patterns for p in root.glob(pattern) if p.is_file() or p.is_symlink()}
+
+
+def _delete_run_files(root: Path, keep: set[Path] = frozenset()) -> None:  # type: ignore[assignment]
+    for p in run_files(root) - set(keep):
+        p.unlink()
     for folder in RUN_FOLDERS:
         with contextlib.suppress(OSError):  # not empty: it holds something a run did not write
             (root / folder).rmdir()
@@ -132,15 +135,17 @@ def clear_run(root: str | Path) -> None:
     _delete_run_files(run.root)
 
 
-def remove_attempt(root: str | Path) -> None:
-    """Remove what a failed start wrote in ``root`` (a folder it created, with no checkpoint in it): the run
-    files, then the folder itself once empty, so the next attempt starts clean."""
+def remove_attempt(root: str | Path, existed: set[Path]) -> None:
+    """Undo a start that failed before its first checkpoint: delete the run files it wrote (those not in
+    ``existed``, the run files there before it), then the folder itself when it is left empty, so nothing
+    blocks the next attempt and nothing of the user's is touched."""
     run = RunDir(root)
-    if run.last.exists() or run.best.exists():
+    if run.last.exists() or run.best.exists() or not run.root.is_dir():
         return
-    _delete_run_files(run.root)
-    with contextlib.suppress(OSError):
-        run.root.rmdir()
+    _delete_run_files(run.root, keep=existed)
+    if not existed:
+        with contextlib.suppress(OSError):
+            run.root.rmdir()
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:

@@ -34,10 +34,16 @@ from ddsd.data import build_dataset, collate_keep, load_spec
 from ddsd.engine import distributed
 from ddsd.engine.checkpoint import load_checkpoint, save_checkpoint
 from ddsd.engine.evaluate import evaluate, main_metric
-from ddsd.engine.interrupts import TrainingInterrupted, sigterm_as_interrupt, watch_parent, write_failure
+from ddsd.engine.interrupts import (
+    TrainingInterrupted,
+    deferred,
+    sigterm_as_interrupt,
+    watch_parent,
+    write_failure,
+)
 from ddsd.engine.resources import resolve_threads, resolve_workers
 from ddsd.engine.resume import check_resumable, load_last
-from ddsd.engine.rundir import MetricsLog, RunDir, environment, remove_attempt, write_json
+from ddsd.engine.rundir import MetricsLog, RunDir, environment, remove_attempt, run_files, write_json
 from ddsd.engine.seeding import get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from ddsd.engine.snapshots import save_snapshot
 from ddsd.methods import TEACHER_METHODS, build_criterion
@@ -138,7 +144,7 @@ def train(cfg: RunConfig, resume: bool = False, console: Console | None = None) 
     if run.last.exists() and not resume:
         raise RunExistsError(f"{run.root} holds a checkpoint; pass --resume to continue it or choose another --out")
     ctx = distributed.setup(cfg.train.device)
-    created = not run.root.exists()
+    existed = run_files(run.root) if run.root.is_dir() else set()
     where = _Where()
     watch_parent()
     try:
@@ -154,8 +160,8 @@ def train(cfg: RunConfig, resume: bool = False, console: Console | None = None) 
                     raise
                 raise TrainingInterrupted(run.root, where.epoch, where.saved) from None
     except BaseException:
-        if created and ctx.is_main:
-            remove_attempt(run.root)
+        if ctx.is_main:
+            remove_attempt(run.root, existed)
         raise
     finally:
         distributed.cleanup(ctx)
@@ -350,12 +356,8 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                     "val": val, "env": env,
                 }
                 assert log is not None
-                # metrics before last.pt: a resume re-runs (and rewrites) any epoch past the checkpoint
-                _guard(run.metrics, run, where, log.append, row)
-                if improved:
-                    _guard(run.best, run, where, save_checkpoint, state, run.best)
-                _guard(run.last, run, where, save_checkpoint, state, run.last)
-                where.saved = epoch + 1
+                with deferred():  # a signal waits until last.pt and where.saved agree
+                    _save_epoch(run, where, log, row, state, improved)
                 if writer is not None:
                     for name, v in row.items():
                         if isinstance(v, int | float) and v is not None:
@@ -376,6 +378,16 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
         if writer is not None:
             writer.close()
     return summary
+
+
+def _save_epoch(run: RunDir, where: _Where, log: MetricsLog, row: dict, state: dict, improved: bool) -> None:
+    """metrics.csv, then best.pt (when improved), then last.pt; metrics first: a resume re-runs (and rewrites)
+    any epoch past the checkpoint."""
+    _guard(run.metrics, run, where, log.append, row)
+    if improved:
+        _guard(run.best, run, where, save_checkpoint, state, run.best)
+    _guard(run.last, run, where, save_checkpoint, state, run.last)
+    where.saved = state["epoch"]
 
 
 def _guard(path: Path, run: RunDir, where: _Where, write, *args) -> None:
