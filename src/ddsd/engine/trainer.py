@@ -8,7 +8,11 @@ At the end ``best.pt`` is scored on ``data.eval_splits`` and ``summary.json`` is
 Reproducibility: the data order of epoch ``e`` is drawn from a generator seeded by ``(seed, e)`` and the
 augmentations by ``(seed, e, index)``; model/optimiser/schedule/criterion/RNG states are checkpointed at every
 epoch end, so ``resume=True`` after any interruption (even SIGKILL) gives the same weights and metrics as an
-uninterrupted run on CPU.
+uninterrupted run on CPU. Epochs are 1-based in every output (log, metrics.csv, summary, snapshots).
+
+Safety: the run directory is locked while the run writes it; Ctrl-C / SIGTERM end in
+:class:`~ddsd.engine.interrupts.TrainingInterrupted` and a failed write in ``RunWriteError``, both naming
+what ``last.pt`` holds; the end-of-epoch writes complete before a signal is acted on.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import contextlib
 import math
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,18 +35,13 @@ from ddsd._io import exclusive_lock
 from ddsd.config import RunConfig, save_config
 from ddsd.data import build_dataset, collate_keep, load_spec
 from ddsd.engine import distributed
-from ddsd.engine.checkpoint import load_checkpoint, save_checkpoint
+from ddsd.engine.checkpoint import load_checkpoint
 from ddsd.engine.evaluate import evaluate, main_metric
-from ddsd.engine.interrupts import (
-    TrainingInterrupted,
-    deferred,
-    sigterm_as_interrupt,
-    watch_parent,
-    write_failure,
-)
+from ddsd.engine.interrupts import TrainingInterrupted, deferred, sigterm_as_interrupt, watch_parent
 from ddsd.engine.resources import resolve_threads, resolve_workers
 from ddsd.engine.resume import check_resumable, load_last
 from ddsd.engine.rundir import MetricsLog, RunDir, environment, remove_attempt, run_files, write_json
+from ddsd.engine.saving import RunProgress, guarded_write, save_epoch
 from ddsd.engine.seeding import get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from ddsd.engine.snapshots import save_snapshot
 from ddsd.methods import TEACHER_METHODS, build_criterion
@@ -123,13 +121,6 @@ def _scalar_metrics(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
 
 
-class _Where:
-    """How far a run got (1-based epochs): the epoch running and the last one saved in ``last.pt``."""
-
-    epoch: int = 0
-    saved: int = 0
-
-
 def train(cfg: RunConfig, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Train one run described by ``cfg``; returns the summary (also written to ``<out>/summary.json``).
 
@@ -145,7 +136,7 @@ def train(cfg: RunConfig, resume: bool = False, console: Console | None = None) 
         raise RunExistsError(f"{run.root} holds a checkpoint; pass --resume to continue it or choose another --out")
     ctx = distributed.setup(cfg.train.device)
     existed = run_files(run.root) if run.root.is_dir() else set()
-    where = _Where()
+    where = RunProgress()
     watch_parent()
     try:
         with contextlib.ExitStack() as stack:
@@ -168,7 +159,7 @@ def train(cfg: RunConfig, resume: bool = False, console: Console | None = None) 
 
 
 def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistContext, console: Console,
-           where: _Where):
+           where: RunProgress):
     t_start = time.perf_counter()
     threads, why_threads = resolve_threads(cfg.train.threads)
     torch.set_num_threads(threads)
@@ -239,8 +230,13 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
         set_rng_state(state["rng"])
         start_epoch, step = state["epoch"], state["step"]
         best, best_epoch = state["best_metric"], state["best_epoch"]
+        before = state.get("env", {}).get("cpu_threads")
+        if cfg.train.threads is None and isinstance(before, int) and before != threads and device.type == "cpu":
+            torch.set_num_threads(before)  # auto: keep the run's thread count, so the resumed run is bit-identical
+            threads = before
         if ctx.is_main:
-            console.print(f"[bold]resuming[/] {escape(str(run.root))} after epoch {start_epoch}")
+            console.print(f"[bold]resuming[/] {escape(str(run.root))} after epoch {start_epoch} "
+                          f"({threads} CPU thread(s))")
     where.saved = start_epoch
     env = environment(device)
     dataset_info = {"name": spec.name, "class_names": list(spec.class_names), "positive_class": spec.positive_class,
@@ -248,7 +244,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
     saved_config = {**cfg.model_dump(mode="json"), "dataset": dataset_info}
     if ctx.is_main:
         meta = {**env, "world_size": ctx.world_size, "threads": threads, "workers": workers}
-        _guard(run.config, run, where, save_config, cfg, run.config, meta)
+        guarded_write(run.config, run, where, save_config, cfg, run.config, meta)
     log = MetricsLog(run.metrics, keep_epochs_below=start_epoch + 1) if ctx.is_main else None
     net: nn.Module = model
     if ctx.enabled:
@@ -345,7 +341,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
             snapshot_epochs = {1, (cfg.train.epochs + 1) // 2, cfg.train.epochs}  # early, middle, late
             if ctx.is_main and cfg.train.snapshots and epoch + 1 in snapshot_epochs:
                 snap = run.root / "snapshots" / f"epoch_{epoch + 1:03d}.npz"
-                _guard(snap, run, where, save_snapshot, snap, _unwrap(model), crit, val_ds, cfg.train.snapshots,
+                guarded_write(snap, run, where, save_snapshot, snap, _unwrap(model), crit, val_ds, cfg.train.snapshots,
                        epoch + 1, device, teacher)
             if ctx.is_main:
                 state = {
@@ -357,7 +353,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                 }
                 assert log is not None
                 with deferred():  # a signal waits until last.pt and where.saved agree
-                    _save_epoch(run, where, log, row, state, improved)
+                    save_epoch(run, where, log, row, state, improved)
                 if writer is not None:
                     for name, v in row.items():
                         if isinstance(v, int | float) and v is not None:
@@ -374,28 +370,10 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
         if ctx.is_main:
             console.print(escape(f"teacher cache {teacher.cache_dir}: {teacher.hits} hits, {teacher.misses} misses"))
     if ctx.is_main:
-        _guard(run.summary, run, where, write_json, run.summary, summary)
+        guarded_write(run.summary, run, where, write_json, run.summary, summary)
         if writer is not None:
             writer.close()
     return summary
-
-
-def _save_epoch(run: RunDir, where: _Where, log: MetricsLog, row: dict, state: dict, improved: bool) -> None:
-    """metrics.csv, then best.pt (when improved), then last.pt; metrics first: a resume re-runs (and rewrites)
-    any epoch past the checkpoint."""
-    _guard(run.metrics, run, where, log.append, row)
-    if improved:
-        _guard(run.best, run, where, save_checkpoint, state, run.best)
-    _guard(run.last, run, where, save_checkpoint, state, run.last)
-    where.saved = state["epoch"]
-
-
-def _guard(path: Path, run: RunDir, where: _Where, write, *args) -> None:
-    """``write(*args)``; a failure (disk full, ...) becomes a RunWriteError naming ``path`` and what is intact."""
-    try:
-        write(*args)
-    except (OSError, RuntimeError) as e:
-        raise write_failure(path, e, run.root, where.saved) from e
 
 
 def _finish(cfg, run, model, val_ds, spec, size, device, ctx, amp_dtype, key, best, best_epoch) -> dict[str, Any]:
