@@ -187,7 +187,7 @@ def test_compare_outputs_exist_and_parse(grid):
     assert not (grid / "runs/procedural_binary/ce/seed0/snapshots").exists()
     assert "--threads 1" in (grid / "runs/procedural_binary/ce/seed0/train.log").read_text()
     # progress inside each run, not only when it ends
-    assert "epoch 1/1  procedural_binary/ddsd/seed0" in " ".join(GRID_OUTPUT[0].split())
+    assert "epoch 1/1 procedural_binary/ddsd/seed0" in " ".join(GRID_OUTPUT[0].split())
 
 
 @pytest.mark.slow

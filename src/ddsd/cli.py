@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ddsd._errors import DEBUG_ENV, debugging, fail
 from ddsd._io import LockedError
 from ddsd.compare.cli import compare_command, report_command
 from ddsd.config import METHODS, ConfigError, RunConfig, apply_overrides, load_config
@@ -55,10 +56,7 @@ def _options(
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    if debugging() and sys.exc_info()[0] is not None:
-        console.print_exception()
-    console.print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code)
+    return fail(console, message, code)
 
 
 def _default(key: str) -> str:
@@ -185,12 +183,13 @@ def _print_summary(summary: dict, out: str) -> None:
 @app.command("eval")
 def eval_(
     checkpoint: Annotated[Path, typer.Option(help="a checkpoint written by ddsd train")],
-    data: Annotated[str | None, typer.Option(help="dataset (default: the one it was trained on)")] = None,
+    data: Annotated[str | None, typer.Option(help="dataset", show_default="the one it was trained on")] = None,
     split: Annotated[str, typer.Option(help="split to score")] = "test",
-    size: Annotated[str | None, typer.Option(help="input resolution HxW (default: the training one)")] = None,
+    size: Annotated[str | None, typer.Option(help="input resolution HxW", show_default="the training one")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics to this JSON file")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics to this JSON file",
+                                                  show_default="none")] = None,
 ) -> None:
     """Score a checkpoint on a split with the field's metrics."""
     from ddsd.data import build_dataset, load_spec
@@ -219,14 +218,6 @@ def eval_(
     Console().print(t)
     if json_out:
         write_json(json_out, {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, **metrics})
-
-
-DEBUG_ENV = "DDSD_DEBUG"
-
-
-def debugging() -> bool:
-    """``--debug`` (or ``DDSD_DEBUG=1``): errors show their full traceback."""
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ddsd._errors import fail
 from ddsd._io import LockedError, exclusive_lock
 from ddsd.compare.grid import build_plan, dataset_label, parse_methods, parse_seeds, run_state, write_grid_meta
 from ddsd.config import METHODS, ConfigError, RunConfig, apply_overrides, load_config
@@ -27,8 +28,7 @@ console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code)
+    return fail(console, message, code)
 
 
 def _command_line(**opts) -> str:
@@ -51,31 +51,40 @@ def _command_line(**opts) -> str:
 def compare_command(
     methods: Annotated[str, typer.Option(help=f"comma list of methods ({', '.join(METHODS)})")] = ",".join(METHODS),
     variant: Annotated[list[str] | None, typer.Option(
-        "--variant", help='extra method column "label=method,section.key=value,..." (repeatable)')] = None,
+        "--variant", help='extra method column "label=method,section.key=value,..." (repeatable)',
+        show_default="none")] = None,
     datasets: Annotated[str, typer.Option(help="comma list of datasets, as ddsd train --data accepts")] = (
         "procedural_binary"),
     seeds: Annotated[str, typer.Option(help="comma list and/or ranges, e.g. 0,1,2 or 0-4")] = "0,1,2",
     teacher: Annotated[list[str] | None, typer.Option(
         help="teacher checkpoint for the methods that use one (kd, static, cwd, ddsd): PATH ({dataset} is "
-             "replaced by the dataset name) or DATASET=PATH; repeatable")] = None,
+             "replaced by the dataset name) or DATASET=PATH; repeatable",
+        show_default="none (virtual teacher)")] = None,
     teacher_cache: Annotated[Path | None, typer.Option(
-        help="folder caching the teacher's per-image logits, shared by the runs that read a teacher")] = None,
+        help="folder caching the teacher's per-image logits, shared by the runs that read a teacher",
+        show_default="none")] = None,
     config_dir: Annotated[Path | None, typer.Option(
-        help="folder of per-dataset train configs: DIR/<dataset>.yaml is passed as --config (e.g. configs/train)")
-    ] = None,
+        help="folder of per-dataset train configs: DIR/<dataset>.yaml is passed as --config (e.g. configs/train)",
+        show_default="none")] = None,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="section.key=value for every run (repeatable)")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="epochs of every run")] = None,
-    size: Annotated[str | None, typer.Option(help="training/eval resolution HxW of every run")] = None,
-    model: Annotated[str | None, typer.Option(help="student model of every run")] = None,
-    out: Annotated[Path | None, typer.Option(help="comparison directory (runs/, runs.csv, table.md, plots/)")] = None,
-    jobs: Annotated[int, typer.Option(min=1, help="parallel training processes (threads = cpu_count // jobs)")] = 1,
+        "--set", help="section.key=value for every run (repeatable)", show_default="none")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="epochs of every run",
+                                               show_default="the config's (20)")] = None,
+    size: Annotated[str | None, typer.Option(help="training/eval resolution HxW of every run",
+                                             show_default="the dataset's")] = None,
+    model: Annotated[str | None, typer.Option(help="student model of every run", show_default="simple")] = None,
+    out: Annotated[Path | None, typer.Option(help="comparison directory (runs/, runs.csv, table.md, plots/)",
+                                             show_default="none: required")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="parallel training processes (threads = available cores // jobs)")
+                    ] = 1,
     plan: Annotated[bool, typer.Option(
         "--plan", help="print one `ddsd train` command per unfinished run instead of running them")] = False,
     collect: Annotated[Path | None, typer.Option(
-        help="only rebuild runs.csv, table.md and plots from the finished runs in this directory")] = None,
+        help="only rebuild runs.csv, table.md and plots from the finished runs in this directory",
+        show_default="none")] = None,
     baseline: Annotated[str | None, typer.Option(
-        help="the method the differences are against (default ce; with --collect, the one the grid used)")] = None,
+        help="the method the differences are against", show_default="ce; with --collect, the one the grid used")
+    ] = None,
     snapshots: Annotated[int, typer.Option(
         min=0, help="val images whose difficulty / dropped maps the first seed's ddsd runs save (0 = none)")] = 4,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
