@@ -171,11 +171,16 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_does_not_block(tmp_p
     run = tmp_path / "r"
     run.mkdir()
     with exclusive_lock(run / ".ddsd.lock", "x"):  # as if another train were writing it
+        (run / "config.yaml").write_text("the other writer's")
+        (run / "metrics.csv").write_text("epoch\n1\n")
         r = runner.invoke(app, ["train", "--out", str(run), "--epochs", "1", *FAST])
+        assert (run / "config.yaml").read_text() == "the other writer's" and (run / "metrics.csv").is_file()
         assert r.exit_code == 2 and _has(r, f"run directory {run} is in use by another ddsd process")
         assert _has(r, f"pid {os.getpid()}")
         with pytest.raises(LockedError):
             train(apply_overrides(RunConfig(), [f"out={json.dumps(str(run))}"]))
+    (run / "config.yaml").unlink()
+    (run / "metrics.csv").unlink()
     # a lock file left by a process that died (flock is released with it) does not block
     code = f"import fcntl, os; fd = os.open({str(run / '.ddsd.lock')!r}, os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX)"
     subprocess.run([sys.executable, "-c", code + "; os.kill(os.getpid(), 9)"])

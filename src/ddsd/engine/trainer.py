@@ -135,7 +135,8 @@ def train(cfg: RunConfig, resume: bool = False, console: Console | None = None) 
     if run.last.exists() and not resume:
         raise RunExistsError(f"{run.root} holds a checkpoint; pass --resume to continue it or choose another --out")
     ctx = distributed.setup(cfg.train.device)
-    existed = run_files(run.root) if run.root.is_dir() else set()
+    lock_existed = run.lock.exists()
+    existed: set = set()
     where = RunProgress()
     watch_parent()
     try:
@@ -144,16 +145,15 @@ def train(cfg: RunConfig, resume: bool = False, console: Console | None = None) 
             if ctx.is_main:
                 run.root.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(exclusive_lock(run.lock, f"run directory {run.root}"))
+                existed = run_files(run.root) - (set() if lock_existed else {run.lock})  # what was there before
             try:
                 return _train(cfg, run, resume, ctx, console, where)
-            except KeyboardInterrupt as e:
-                if isinstance(e, TrainingInterrupted):
-                    raise
-                raise TrainingInterrupted(run.root, where.epoch, where.saved) from None
-    except BaseException:
-        if ctx.is_main:
-            remove_attempt(run.root, existed)
-        raise
+            except BaseException as e:
+                if ctx.is_main:  # still under the lock: only this attempt's files, never another writer's
+                    remove_attempt(run.root, existed)
+                if isinstance(e, KeyboardInterrupt) and not isinstance(e, TrainingInterrupted):
+                    raise TrainingInterrupted(run.root, where.epoch, where.saved) from None
+                raise
     finally:
         distributed.cleanup(ctx)
 
