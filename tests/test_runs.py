@@ -428,3 +428,14 @@ def test_thread_and_worker_defaults(monkeypatch):
     assert resources.resolve_threads(None)[0] == 6 and resources.resolve_workers(None, 6)[0] == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     assert resources.resolve_threads(None) == (5, "OMP_NUM_THREADS")
+
+
+def test_plots_read_one_based_and_older_zero_based_metrics_alike(tmp_path):
+    from ddsd._io import write_csv
+    from ddsd.compare.plots import _series
+
+    for name, first in (("new", 1), ("old", 0)):
+        (tmp_path / name).mkdir()
+        write_csv(tmp_path / name / "metrics.csv", [{"epoch": first + i, "val_iou": 0.1 * (i + 1)} for i in range(3)])
+    arr = _series([tmp_path / "new", tmp_path / "old"], "val_iou")
+    assert arr.shape == (2, 3) and (arr[0] == arr[1]).all() and arr[0, 0] == pytest.approx(0.1)

@@ -24,8 +24,9 @@ __all__ = ["RUN_FILES", "MetricsLog", "RunDir", "clear_run", "environment", "rea
 
 #: what a run writes in its directory (glob patterns, relative to it): all that ``--overwrite`` may delete
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "train.log", ".ddsd.lock", "checkpoints/last.pt",
-             "checkpoints/best.pt", "checkpoints/.*.pt.*.tmp", "snapshots/epoch_*.npz", "tensorboard/events.out.*",
-             ".*.tmp")
+             "checkpoints/best.pt", "checkpoints/.last.pt.*.tmp", "checkpoints/.best.pt.*.tmp",
+             "snapshots/epoch_*.npz", "snapshots/.epoch_*.npz.*.tmp", "tensorboard/events.out.*",
+             ".config.yaml.*.tmp", ".metrics.csv.*.tmp", ".summary.json.*.tmp")
 #: the sub-folders a run creates (removed by ``--overwrite`` / a failed start only once empty)
 RUN_FOLDERS = ("checkpoints", "snapshots", "tensorboard")
 
@@ -132,7 +133,10 @@ def clear_run(root: str | Path) -> None:
         why = "it holds no run files (checkpoints, metrics.csv, summary.json)"
     if why is not None:
         raise ValueError(f"--overwrite refuses to delete {run.root}: {why}")
-    _delete_run_files(run.root)
+    from ddsd._io import exclusive_lock
+
+    with exclusive_lock(run.lock, f"run directory {run.root}"):  # never under a training that writes it
+        _delete_run_files(run.root)
 
 
 def remove_attempt(root: str | Path, existed: set[Path]) -> None:
