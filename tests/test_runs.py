@@ -423,6 +423,7 @@ def test_thread_and_worker_defaults(monkeypatch):
     monkeypatch.setattr(resources, "available_cores", lambda: 16)
     monkeypatch.setattr(resources.os, "getloadavg", lambda: (4.0, 0.0, 0.0))
     assert resources.resolve_threads(None)[0] == 8  # 12 idle cores, at most 8
+    assert resources.resolve_threads(None, jobs=4)[0] == 3  # ddsd compare --jobs 4
     assert resources.resolve_workers(None, 8)[0] == 2
     monkeypatch.setattr(resources.os, "getloadavg", lambda: (10.0, 0.0, 0.0))
     assert resources.resolve_threads(None)[0] == 6 and resources.resolve_workers(None, 6)[0] == 0

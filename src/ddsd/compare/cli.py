@@ -75,8 +75,8 @@ def compare_command(
     model: Annotated[str | None, typer.Option(help="student model of every run", show_default="simple")] = None,
     out: Annotated[Path | None, typer.Option(help="comparison directory (runs/, runs.csv, table.md, plots/)",
                                              show_default="none: required")] = None,
-    jobs: Annotated[int, typer.Option(min=1, help="parallel training processes (threads = available cores // jobs)")
-                    ] = 1,
+    jobs: Annotated[int, typer.Option(
+        min=1, help="parallel training processes (threads each: idle cores // jobs, 1 on 2 cores)")] = 1,
     plan: Annotated[bool, typer.Option(
         "--plan", help="print one `ddsd train` command per unfinished run instead of running them")] = False,
     collect: Annotated[Path | None, typer.Option(

@@ -1,10 +1,11 @@
 """Executing a comparison's plan: parallel ``ddsd train`` subprocesses, progress inside each run, stopping.
 
-Each run is a subprocess ``python -m ddsd train ... --no-progress --threads T`` (``T`` = the cores available
-to this process // jobs) whose output goes to ``<rundir>/train.log``; a failed run is reported and the others
-continue. While runs train, each one's epoch (from its ``metrics.csv``) is printed as ``epoch k/n``. The
-subprocesses watch this process (``DDSD_PARENT_PID``) and stop when it dies, even by SIGKILL; an interruption
-(Ctrl-C, SIGTERM) terminates them and waits for them.
+Each run is a subprocess ``python -m ddsd train ... --no-progress --threads T`` whose output goes to
+``<rundir>/train.log`` (``T``: the default rule of :mod:`ddsd.engine.resources` shared by the ``jobs``: 1 on
+2 cores, else the idle cores // jobs, at most 8); a failed run is reported and the others continue. While
+runs train, each one's epoch (from its ``metrics.csv``) is printed as ``epoch k/n``. The subprocesses watch
+this process (``DDSD_PARENT_PID``) and stop when it dies, even by SIGKILL; an interruption (Ctrl-C,
+SIGTERM) terminates them and waits for them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ddsd.compare.grid import RunSpec, run_state
 from ddsd.engine.interrupts import PARENT_ENV
-from ddsd.engine.resources import available_cores
+from ddsd.engine.resources import resolve_threads
 
 __all__ = ["RunResult", "execute"]
 
@@ -99,7 +100,7 @@ def execute(plan: Sequence[RunSpec], jobs: int = 1, console: Console | None = No
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     console = console or Console(stderr=True)
-    threads = max(1, available_cores() // jobs)
+    threads, _ = resolve_threads(None, jobs)  # the measured rule: 1 on 2 cores, else the idle cores // jobs
     results: dict[int, RunResult] = {}
     todo = []
     for i, spec in enumerate(plan):

@@ -37,8 +37,9 @@ def busy_cores(cores: int) -> int:
     return min(cores - 1, max(0, math.ceil(load - 0.25)))
 
 
-def resolve_threads(requested: int | None) -> tuple[int, str]:
-    """``(threads, why)``: ``requested`` when given, else ``$OMP_NUM_THREADS``, else the rule above."""
+def resolve_threads(requested: int | None, jobs: int = 1) -> tuple[int, str]:
+    """``(threads, why)``: ``requested`` when given, else ``$OMP_NUM_THREADS``, else the rule above, for one of
+    ``jobs`` processes that share the machine (``ddsd compare --jobs``)."""
     if requested:
         return requested, "train.threads / --threads"
     env = os.environ.get("OMP_NUM_THREADS", "")
@@ -48,8 +49,8 @@ def resolve_threads(requested: int | None) -> tuple[int, str]:
     if cores <= 2:
         return 1, f"auto: {cores} core(s), one thread (more collapse when another process is busy)"
     busy = busy_cores(cores)
-    n = max(1, min(cores - busy, MAX_AUTO_THREADS))
-    return n, f"auto: {cores} cores, {busy} busy"
+    n = max(1, min((cores - busy) // max(1, jobs), MAX_AUTO_THREADS))
+    return n, f"auto: {cores} cores, {busy} busy" + (f", {jobs} jobs" if jobs > 1 else "")
 
 
 def resolve_workers(requested: int | None, threads: int) -> tuple[int, str]:
