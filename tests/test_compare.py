@@ -149,7 +149,11 @@ def grid(tmp_path_factory):
     r = runner.invoke(app, ["compare", "--methods", "ce,ddsd", "--seeds", "0,1", *TINY, "--out", str(out),
                             "--jobs", "2"])
     assert r.exit_code == 0, r.output
+    GRID_OUTPUT.append(r.output)
     return out
+
+
+GRID_OUTPUT: list[str] = []
 
 
 def _read_csv(path):
@@ -182,6 +186,8 @@ def test_compare_outputs_exist_and_parse(grid):
     assert not (grid / "runs/procedural_binary/ddsd/seed1/snapshots").exists()
     assert not (grid / "runs/procedural_binary/ce/seed0/snapshots").exists()
     assert "--threads 1" in (grid / "runs/procedural_binary/ce/seed0/train.log").read_text()
+    # progress inside each run, not only when it ends
+    assert "epoch 1/1 procedural_binary/ddsd/seed0" in " ".join(GRID_OUTPUT[0].split())
 
 
 @pytest.mark.slow

@@ -49,10 +49,11 @@ def test_every_method_trains_through_the_engine(tmp_path, method):
 def test_multiclass_summary_keys_and_snapshots(tmp_path):
     summary = train(tiny_cfg(tmp_path / "mc", "ddsd", epochs=4, data="procedural", **{"train.snapshots": 3}))
     names = sorted(p.name for p in (tmp_path / "mc/snapshots").iterdir())
-    assert names == ["epoch_000.npz", "epoch_001.npz", "epoch_003.npz"]
+    assert names == ["epoch_001.npz", "epoch_002.npz", "epoch_004.npz"]  # epochs are 1-based everywhere
     from ddsd.engine.snapshots import load_snapshot
 
-    snap = load_snapshot(tmp_path / "mc/snapshots/epoch_001.npz")
+    snap = load_snapshot(tmp_path / "mc/snapshots/epoch_002.npz")
+    assert int(snap["epoch"]) == 2
     assert snap["image"].shape == (3, 32, 32, 3) and snap["keep"].dtype == bool
     assert snap["difficulty"].shape == snap["mask"].shape == snap["pred"].shape == (3, 32, 32)
     valid = snap["mask"] != 255

@@ -2,6 +2,9 @@
 
 Write to a temporary file in the target's folder, flush and fsync it, ``os.replace`` it over the target (atomic
 on POSIX and Windows), then fsync the folder. Used for checkpoints, run files, the data cache and exports.
+
+:func:`exclusive_lock` keeps a second writer out of a directory (``flock``: the kernel drops the lock when its
+process dies, even by SIGKILL, so a stale lock file never blocks anyone).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "write_csv"]
+__all__ = ["LockedError", "atomic_path", "atomic_write", "atomic_write_bytes", "exclusive_lock", "write_csv"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -81,3 +84,32 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str] | 
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     atomic_write_bytes(path, buf.getvalue().encode())
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the lock (the message names the directory and that process)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed; it records the holder's pid) or raise
+    :class:`LockedError` at once naming ``what`` and the holder. Without ``fcntl`` (Windows) it does nothing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise LockedError(f"{what} is in use by another ddsd process (pid {holder}); wait for it to end, "
+                              "or stop it, or choose another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

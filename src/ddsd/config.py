@@ -6,13 +6,14 @@ Unknown keys are errors that name the key and the file; every field has a docume
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["METHODS", "ConfigError", "RunConfig", "apply_overrides", "load_config", "save_config"]
+__all__ = ["METHODS", "ConfigError", "RunConfig", "apply_overrides", "did_you_mean", "load_config", "save_config"]
 
 METHODS = ("ce", "kd", "ls", "tfkd", "static", "ohem", "cwd", "ddsd")
 
@@ -34,7 +35,8 @@ class DataConfig(_Strict):
         "auto", description="auto: size = data.size, else the dataset's, else chosen from the images (recorded); "
         "fixed: data.size (or the dataset's) required; pad: keep aspect and pad to the size")
     batch_size: int = Field(8, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | None = Field(None, ge=0, description="data-loader workers (None = auto, see "
+                                    "ddsd.engine.resources)")
     augment: bool = True
     cache_dir: str | None = None
     eval_splits: list[str] = Field(default_factory=lambda: ["test"], description="evaluated with best.pt at the end")
@@ -100,7 +102,7 @@ class TrainConfig(_Strict):
     amp: Literal["none", "bf16", "fp16"] = "none"
     compile: bool = False
     channels_last: bool = False
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None = auto, see ddsd.engine.resources)")
     tensorboard: bool = False
     progress: bool = True
     snapshots: int = Field(
@@ -133,16 +135,71 @@ class RunConfig(_Strict):
     out: str = "runs/ddsd"
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+#: the top-level key under which a run's ``config.yaml`` records how it ran (commit, versions, world size):
+#: metadata, not settings, so :func:`load_config` ignores it and a run's config.yaml is a valid ``--config``
+RUN_METADATA_KEY = "run"
+
+#: what a field expects, for the messages where pydantic's own text would not say it
+_EXPECTS = {"data.size": "[H, W] (two integers, e.g. [256, 256]) or null"}
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config section (model class) holding the key at ``loc`` (``('method', 'r_maxx')`` -> MethodConfig)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean `r_max`?)`` for the closest of ``choices`` (difflib), else an empty string."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _all_keys() -> list[str]:
+    """Every ``section.key`` of a run config (for a key given in the wrong section)."""
+    out = []
+    for name, f in RunConfig.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += [f"{name}.{k}" for k in ann.model_fields]
+    return out
+
+
+def _format_errors(err: ValidationError, source: str, data: dict[str, Any]) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
         value = e.get("input")
         if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{key}'")
+            model = _model_at(loc)
+            hint = did_you_mean(loc[-1], model.model_fields) if model else ""
+            if not hint:  # a key of another section (``epochs`` at the top level -> ``train.epochs``)
+                keys = _all_keys()
+                close = difflib.get_close_matches(str(loc[-1]), [k.split(".")[1] for k in keys], n=1, cutoff=0.8)
+                hint = next((f" (did you mean `{k}`?)" for k in keys if close and k.endswith("." + close[0])), "")
+            lines.append(f"  unknown key '{key}'{hint}")
+            continue
+        field = next((f for f in _EXPECTS if key == f or key.startswith(f + ".")), None)
+        if field is not None:
+            lines.append(f"  {field} expects {_EXPECTS[field]}, got {_value_at(data, field)!r}")
         else:
             lines.append(f"  {key} = {value!r}: {e['msg']}")
-    return "\n".join(lines)
+    return "\n".join(dict.fromkeys(lines))  # one line per field even when pydantic reports several
+
+
+def _value_at(data: dict[str, Any], dotted: str) -> Any:
+    """The value given at ``dotted`` (``data.size``) in the raw config dict."""
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def validate(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
@@ -150,7 +207,7 @@ def validate(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(_format_errors(e, source, data)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -164,6 +221,7 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}")
+    data.pop(RUN_METADATA_KEY, None)  # a run's config.yaml: how it ran, not a setting
     return validate(data, str(p))
 
 
@@ -171,7 +229,7 @@ def save_config(cfg: RunConfig, path: str | Path, extra: dict[str, Any] | None =
     """Write the resolved config (plus ``extra`` run metadata under ``run:``) as YAML."""
     data = cfg.model_dump(mode="json")
     if extra:
-        data["run"] = extra
+        data[RUN_METADATA_KEY] = extra
     from ddsd._io import atomic_write_bytes
 
     atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
@@ -188,7 +246,13 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         node = data
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
-                raise ConfigError(f"override {item!r}: unknown section '{p}'")
+                sections = [k for k, v in node.items() if isinstance(v, dict)]
+                raise ConfigError(f"override {item!r}: unknown section '{p}'{did_you_mean(p, sections)}")
             node = node[p]
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it, e.g. "
+                              f"{key.strip()}='\"...\"'") from None
     return validate(data, "overrides " + " ".join(overrides))

@@ -1,7 +1,7 @@
 """``ddsd compare`` / ``ddsd report``: run a grid of methods x datasets x seeds and compare the students.
 
-* :mod:`ddsd.compare.grid` — the plan (one ``ddsd train`` argv and run directory per run) and its parallel,
-  resumable execution;
+* :mod:`ddsd.compare.grid` — the plan (one ``ddsd train`` argv and run directory per run);
+* :mod:`ddsd.compare.runner` — its parallel, resumable execution (progress inside each run, stopping children);
 * :mod:`ddsd.compare.stats` — mean / std and paired differences with t-based 95% confidence intervals;
 * :mod:`ddsd.compare.collect` — finished run directories -> rows, ``runs.csv``, ``table.md`` and plots;
 * :mod:`ddsd.compare.table` — the per-dataset tables (one data model, rendered as Markdown or HTML);
@@ -17,7 +17,7 @@ from typing import Any
 
 _WHERE = {
     "collect": "collect", "find_runs": "collect", "RunSpec": "grid", "Variant": "grid", "build_plan": "grid",
-    "execute": "grid", "parse_methods": "grid", "parse_seeds": "grid", "write_report": "report", "Diff": "stats",
+    "execute": "runner", "parse_methods": "grid", "parse_seeds": "grid", "write_report": "report", "Diff": "stats",
     "mean_std": "stats", "paired_diff": "stats",
 }
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from ddsd._io import atomic_write_bytes, write_csv
 from ddsd.compare.plots import dataset_plots
@@ -95,7 +96,7 @@ def find_runs(out: str | Path, console: Console | None = None) -> list[RunRecord
             summary = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             if console:
-                console.print(f"[yellow]warning:[/] skipping {path}: {e}")
+                console.print("[yellow]warning:[/] " + escape(f"skipping {path}: {e}"))
             continue
         cfg: dict[str, Any] = {}
         try:
@@ -206,7 +207,7 @@ def collect(out: str | Path, baseline: str | None = None, console: Console | Non
         try:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError:
-            console.print(f"[yellow]warning:[/] ignoring unreadable {meta_path}")
+            console.print("[yellow]warning:[/] " + escape(f"ignoring unreadable {meta_path}"))
     baseline = baseline or meta.get("baseline") or "ce"
     labels = _order([r.method for r in records], [*meta.get("methods", []), *METHODS])
     datasets = _order([r.dataset for r in records], meta.get("datasets", []))

@@ -1,41 +1,27 @@
-"""The grid of a comparison: which runs, their ``ddsd train`` command lines, and their parallel execution.
+"""The grid of a comparison: which runs, their ``ddsd train`` command lines (executed by :mod:`.runner`).
 
 A run is (dataset, method label, seed); its directory is ``<out>/runs/<dataset>/<label>/seed<k>``. A run
 directory holding ``summary.json`` is finished and skipped; one holding ``checkpoints/last.pt`` but no
 summary was interrupted and is launched with ``--resume``; anything else is started from scratch.
-Each run is a subprocess ``python -m ddsd train ... --no-progress --threads T`` (``T = cpu_count // jobs``)
-whose output goes to ``<rundir>/train.log``; a failed run is reported and the others continue.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ddsd.config import METHODS, ConfigError, RunConfig, apply_overrides
 from ddsd.methods import TEACHER_METHODS as _TEACHER_METHODS
 
 __all__ = [
     "TEACHER_METHODS",
-    "RunResult",
     "RunSpec",
     "Variant",
     "build_plan",
     "dataset_label",
-    "execute",
     "expand_models",
     "parse_methods",
     "parse_seeds",
@@ -300,115 +286,6 @@ def run_state(rundir: Path) -> str:
     if (rundir / "checkpoints" / "last.pt").is_file():
         return "resume"
     return "new"
-
-
-@dataclass
-class RunResult:
-    """What happened to one run: ``skipped`` (already finished), ``ok`` or ``failed`` (see ``log``)."""
-
-    spec: RunSpec
-    status: str
-    returncode: int | None = None
-    seconds: float = 0.0
-
-
-class _Launcher:
-    """Starts run subprocesses and remembers them, so an interruption can stop them all."""
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-        self.procs: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
-        self.stopping = False
-
-    def run(self, spec: RunSpec) -> RunResult:
-        resume = run_state(spec.rundir) == "resume"
-        argv = spec.argv(prog=(sys.executable, "-m", "ddsd"), threads=self.threads, resume=resume)
-        spec.rundir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads),
-               "MKL_NUM_THREADS": str(self.threads)}
-        t0 = time.perf_counter()
-        with spec.log.open("a") as log:
-            log.write(f"$ {shlex.join(argv)}\n")
-            log.flush()
-            with self.lock:
-                if self.stopping:
-                    return RunResult(spec, "failed", None, 0.0)
-                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-                self.procs.add(proc)
-            try:
-                rc = proc.wait()
-            finally:
-                with self.lock:
-                    self.procs.discard(proc)
-        ok = rc == 0 and run_state(spec.rundir) == "done"
-        return RunResult(spec, "ok" if ok else "failed", rc, time.perf_counter() - t0)
-
-    def stop(self) -> None:
-        with self.lock:
-            self.stopping = True
-            procs = list(self.procs)
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def _now() -> str:
-    return time.strftime("%H:%M:%S")
-
-
-def execute(plan: Sequence[RunSpec], jobs: int = 1, console: Console | None = None,
-            progress: bool = True) -> list[RunResult]:
-    """Run the unfinished runs of ``plan`` with ``jobs`` parallel subprocesses; one progress bar over runs.
-
-    Returns one :class:`RunResult` per run of the plan, in plan order. Ctrl-C stops the running subprocesses
-    (their last checkpoints stay valid, so the next ``ddsd compare`` resumes them) and re-raises.
-    """
-    if jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {jobs}")
-    console = console or Console(stderr=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    results: dict[int, RunResult] = {}
-    todo = []
-    for i, spec in enumerate(plan):
-        if run_state(spec.rundir) == "done":
-            results[i] = RunResult(spec, "skipped")
-        else:
-            todo.append(i)
-    launcher = _Launcher(threads)
-    bar = Progress(TextColumn("[bold]compare"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not progress)
-    n_resume = sum(run_state(plan[i].rundir) == "resume" for i in todo)
-    console.print(f"compare: {len(plan)} runs, {len(plan) - len(todo)} already finished, {len(todo)} to run "
-                  f"({n_resume} resumed from their last checkpoint) with {jobs} job(s) x {threads} thread(s)")
-    with bar, ThreadPoolExecutor(max_workers=jobs) as pool:
-        task = bar.add_task("runs", total=len(plan), completed=len(plan) - len(todo), info="")
-        pending: dict[Future, int] = {pool.submit(launcher.run, plan[i]): i for i in todo}
-        failed = 0
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    i = pending.pop(fut)
-                    res = fut.result()
-                    results[i] = res
-                    if res.status == "ok":
-                        bar.console.print(f"{_now()} done   {res.spec.name} ({res.seconds:.1f}s)")
-                    else:
-                        failed += 1
-                        bar.console.print(f"{_now()} [red]FAILED[/] {res.spec.name} (exit {res.returncode}); "
-                                          f"log: {res.spec.log}")
-                    bar.update(task, advance=1, info=f"{failed} failed" if failed else "")
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            launcher.stop()
-            raise
-    return [results[i] for i in range(len(plan))]
 
 
 def write_grid_meta(out: Path, meta: dict) -> None:

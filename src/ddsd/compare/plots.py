@@ -58,8 +58,9 @@ def _series(rundirs: Sequence[Path], column: str) -> np.ndarray:
     n = max((len(r) for r in rows), default=0)
     arr = np.full((len(rows), n), np.nan)
     for i, rr in enumerate(rows):
-        for row in rr:
-            e = int(_float(row.get("epoch")))
+        first = min((int(_float(row.get("epoch"))) for row in rr), default=1)
+        for row in rr:  # epochs are 1-based; runs made before that counted from 0
+            e = int(_float(row.get("epoch"))) - (1 if first >= 1 else 0)
             if 0 <= e < n:
                 arr[i, e] = _float(row.get(column))
     return arr
@@ -173,6 +174,7 @@ def snapshot_grid(path: Path, title: str, snapshot_dir: Path, num_classes: int, 
     if not files:
         return False
     snaps = [load_snapshot(f) for f in _pick_epochs(files)]
+    shift = 1 if files[0].name == "epoch_000.npz" else 0  # runs before 1-based epochs named the first epoch 0
     first = snaps[-1]
     n = min(max_images, first["image"].shape[0])
     cmap, vmax_label = _label_cmap(num_classes)
@@ -187,7 +189,7 @@ def snapshot_grid(path: Path, title: str, snapshot_dir: Path, num_classes: int, 
         panels = [("image", first["image"][r], {}), ("ground truth", np.ma.masked_where(void, mask),
                                                       {"cmap": cmap, "vmin": 0, "vmax": vmax_label})]
         for s in snaps:
-            e = int(s["epoch"]) + 1
+            e = int(s["epoch"]) + shift
             dropped = (s["mask"][r] != 255) & ~s["keep"][r]
             panels += [
                 (f"pred e{e}", s["pred"][r], {"cmap": cmap, "vmin": 0, "vmax": vmax_label}),

@@ -2,8 +2,9 @@
 difficulty and the keep mask (which pixels the criterion would distil at the current rate).
 
 ``<run>/snapshots/epoch_NNN.npz`` holds ``image`` uint8 [N,H,W,3], ``mask`` uint8 [N,H,W] (void 255),
-``pred`` uint8 [N,H,W], ``difficulty`` float16 [N,H,W], ``keep`` bool [N,H,W], ``rate`` float, ``epoch`` int,
-``stems`` str [N]. Written only for criteria with ``pixel_maps`` (the KD family: kd, tfkd, static, ddsd).
+``pred`` uint8 [N,H,W], ``difficulty`` float16 [N,H,W], ``keep`` bool [N,H,W], ``rate`` float,
+``epoch`` int (1-based, as NNN), ``stems`` str [N]. Written only for criteria with ``pixel_maps`` (the KD
+family: kd, tfkd, static, ddsd).
 """
 
 from __future__ import annotations

@@ -8,31 +8,41 @@ At the end ``best.pt`` is scored on ``data.eval_splits`` and ``summary.json`` is
 Reproducibility: the data order of epoch ``e`` is drawn from a generator seeded by ``(seed, e)`` and the
 augmentations by ``(seed, e, index)``; model/optimiser/schedule/criterion/RNG states are checkpointed at every
 epoch end, so ``resume=True`` after any interruption (even SIGKILL) gives the same weights and metrics as an
-uninterrupted run on CPU.
+uninterrupted run on CPU. Epochs are 1-based in every output (log, metrics.csv, summary, snapshots).
+
+Safety: the run directory is locked while the run writes it; Ctrl-C / SIGTERM end in
+:class:`~ddsd.engine.interrupts.TrainingInterrupted` and a failed write in ``RunWriteError``, both naming
+what ``last.pt`` holds; the end-of-epoch writes complete before a signal is acted on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ddsd.config import ConfigError, RunConfig, save_config
+from ddsd._io import exclusive_lock
+from ddsd.config import RunConfig, save_config
 from ddsd.data import build_dataset, collate_keep, load_spec
 from ddsd.data.sizing import resolve_size
 from ddsd.engine import distributed
-from ddsd.engine.checkpoint import load_checkpoint, save_checkpoint
+from ddsd.engine.checkpoint import load_checkpoint
 from ddsd.engine.evaluate import evaluate, main_metric
-from ddsd.engine.rundir import MetricsLog, RunDir, environment, write_json
+from ddsd.engine.interrupts import TrainingInterrupted, deferred, sigterm_as_interrupt, watch_parent
+from ddsd.engine.resources import resolve_threads, resolve_workers
+from ddsd.engine.resume import check_resumable, load_last
+from ddsd.engine.rundir import MetricsLog, RunDir, environment, remove_attempt, run_files, write_json
+from ddsd.engine.saving import RunProgress, guarded_write, save_epoch
 from ddsd.engine.seeding import get_rng_state, seed_everything, set_rng_state, worker_init_fn
 from ddsd.engine.snapshots import save_snapshot
 from ddsd.methods import TEACHER_METHODS, build_criterion
@@ -81,7 +91,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _train_loader(cfg: RunConfig, dataset, epoch: int, ctx: distributed.DistContext) -> DataLoader:
+def _train_loader(cfg: RunConfig, dataset, epoch: int, ctx: distributed.DistContext, workers: int = 0) -> DataLoader:
     """The epoch's loader. The order is one seeded permutation per epoch, shared by every world size: with
     N ranks, rank r takes positions r, r+N, ... of it and a per-rank batch of ``batch_size / N``, so the union
     of the ranks' batches at a step is the single-process batch at that step."""
@@ -95,36 +105,10 @@ def _train_loader(cfg: RunConfig, dataset, epoch: int, ctx: distributed.DistCont
     per_rank = cfg.data.batch_size // ctx.world_size
     loader_gen = torch.Generator().manual_seed(seed * 7_919 + epoch)
     return DataLoader(
-        dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate_keep,
+        dataset, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=collate_keep,
         drop_last=len(dataset) >= cfg.data.batch_size, worker_init_fn=worker_init_fn, generator=loader_gen,
         pin_memory=ctx.device.type == "cuda",
     )
-
-
-_RESUME_MAY_CHANGE = {"train.epochs", "train.progress", "train.threads", "train.device", "data.num_workers",
-                      "data.eval_splits", "data.cache_dir", "data.root", "train.tensorboard", "train.teacher_cache",
-                      "out"}
-
-
-def _check_resumable(saved: dict[str, Any], cfg: RunConfig, path: Path) -> None:
-    """Refuse to resume a checkpoint made with other settings (it would silently mix two runs)."""
-    now = cfg.model_dump(mode="json")
-
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, v in d.items():
-            if isinstance(v, dict) and key != "dataset":
-                out.update(flat(v, f"{prefix}{key}."))
-            elif key != "dataset":
-                out[f"{prefix}{key}"] = v
-        return out
-
-    a, b = flat(saved), flat(now)
-    differ = sorted(key for key in a.keys() | b.keys() if key not in _RESUME_MAY_CHANGE and a.get(key) != b.get(key))
-    if differ:
-        details = ", ".join(f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in differ[:6])
-        raise ConfigError(f"cannot resume {path}: the settings differ from the checkpoint's ({details}); "
-                          "use the same config or a new --out")
 
 
 def _quiet(_: str) -> None:
@@ -144,7 +128,12 @@ def _scalar_metrics(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(cfg: RunConfig, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Train one run described by ``cfg``; returns the summary (also written to ``<out>/summary.json``)."""
+    """Train one run described by ``cfg``; returns the summary (also written to ``<out>/summary.json``).
+
+    The run directory is locked while the run writes it (a second writer gets :class:`ddsd._io.LockedError`);
+    SIGTERM and Ctrl-C raise :class:`~ddsd.engine.interrupts.TrainingInterrupted`; a start that fails before
+    its first checkpoint removes the run directory it created (nothing is left to block the next attempt).
+    """
     console = console or Console(stderr=True)
     run = RunDir(cfg.out)
     if run.finished and not resume:
@@ -152,26 +141,52 @@ def train(cfg: RunConfig, resume: bool = False, console: Console | None = None) 
     if run.last.exists() and not resume:
         raise RunExistsError(f"{run.root} holds a checkpoint; pass --resume to continue it or choose another --out")
     ctx = distributed.setup(cfg.train.device)
+    lock_existed = run.lock.exists()
+    existed: set = set()
+    where = RunProgress()
+    watch_parent()
     try:
-        return _train(cfg, run, resume, ctx, console)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(sigterm_as_interrupt())
+            if ctx.is_main:
+                run.root.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(exclusive_lock(run.lock, f"run directory {run.root}"))
+                existed = run_files(run.root) - (set() if lock_existed else {run.lock})  # what was there before
+            try:
+                return _train(cfg, run, resume, ctx, console, where)
+            except BaseException as e:
+                if ctx.is_main:  # still under the lock: only this attempt's files, never another writer's
+                    remove_attempt(run.root, existed)
+                if isinstance(e, KeyboardInterrupt) and not isinstance(e, TrainingInterrupted):
+                    raise TrainingInterrupted(run.root, where.epoch, where.saved) from None
+                raise
     finally:
         distributed.cleanup(ctx)
 
 
-def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistContext, console: Console):
+def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistContext, console: Console,
+           where: RunProgress):
     t_start = time.perf_counter()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    threads, why_threads = resolve_threads(cfg.train.threads)
+    torch.set_num_threads(threads)
     seed_everything(cfg.train.seed)
     device = ctx.device
     spec = load_spec(cfg.data.name, cfg.data.root)
     choice = resolve_size(spec, cfg.data.size, cfg.data.resize)
     size = choice.size
     if ctx.is_main and choice.picked:
-        console.print(f"training size {size[0]}x{size[1]} (HxW, data.resize={cfg.data.resize}): {choice.reason}")
+        console.print(escape(f"training size {size[0]}x{size[1]} (HxW, data.resize={cfg.data.resize}): "
+                             f"{choice.reason}"))
     train_ds = build_dataset(spec, "train", size, augment=cfg.data.augment, seed=cfg.train.seed,
                              cache_dir=cfg.data.cache_dir, resize=cfg.data.resize)
     val_ds = build_dataset(spec, "val", size, augment=False, cache_dir=cfg.data.cache_dir, resize=cfg.data.resize)
+    if len(train_ds) < cfg.data.batch_size:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is larger than the train split of '{spec.name}' "
+                         f"({len(train_ds)} images); use --batch-size {len(train_ds)} or less")
+    workers, why_workers = resolve_workers(cfg.data.num_workers, threads)
+    if ctx.is_main:
+        console.print(escape(f"{spec.name}: {len(train_ds)} train / {len(val_ds)} val images; {threads} CPU "
+                             f"thread(s) ({why_threads}), {workers} data-loader worker(s) ({why_workers})"))
     k = spec.num_classes
     cfg = cfg.model_copy(deep=True)  # the resolved config: what was actually used is what gets saved
     if cfg.data.size is None:
@@ -205,7 +220,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
         how = f"|amp={cfg.train.teacher_amp}|channels_last={teacher_cl}"
         teacher = CachedTeacher(teacher, cfg.train.teacher_cache, t_fingerprint + how)
 
-    steps_per_epoch = len(_train_loader(cfg, train_ds, 0, ctx))
+    steps_per_epoch = len(_train_loader(cfg, train_ds, 0, ctx, workers))
     total_steps = cfg.train.epochs * steps_per_epoch
     crit = build_criterion(cfg.method, k, total_steps, spec.ignore_index).to(device)
     opt = _optimizer(cfg, model)
@@ -216,10 +231,10 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
     amp_dtype = _AMP[cfg.train.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
 
-    start_epoch, step, best, best_epoch = 0, 0, -math.inf, -1
+    start_epoch, step, best, best_epoch = 0, 0, -math.inf, 0  # epochs are 1-based in every output
     if resume and run.last.exists():
-        state = load_checkpoint(run.last, map_location=device)
-        _check_resumable(state.get("config", {}), cfg, run.last)
+        state = load_last(run.last, run.best, map_location=device)
+        check_resumable(state.get("config", {}), cfg, run.last)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])
@@ -228,16 +243,22 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
         set_rng_state(state["rng"])
         start_epoch, step = state["epoch"], state["step"]
         best, best_epoch = state["best_metric"], state["best_epoch"]
+        before = state.get("env", {}).get("cpu_threads")
+        if cfg.train.threads is None and isinstance(before, int) and before != threads and device.type == "cpu":
+            torch.set_num_threads(before)  # auto: keep the run's thread count, so the resumed run is bit-identical
+            threads = before
         if ctx.is_main:
-            console.print(f"[bold]resuming[/] {run.root} after epoch {start_epoch}")
+            console.print(f"[bold]resuming[/] {escape(str(run.root))} after epoch {start_epoch} "
+                          f"({threads} CPU thread(s))")
+    where.saved = start_epoch
     env = environment(device)
     dataset_info = {"name": spec.name, "class_names": list(spec.class_names), "positive_class": spec.positive_class,
                     "ignore_index": spec.ignore_index, "colors": {int(c): list(v) for c, v in spec.colors.items()}}
     saved_config = {**cfg.model_dump(mode="json"), "dataset": dataset_info}
     if ctx.is_main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.config, extra={**env, "world_size": ctx.world_size})
-    log = MetricsLog(run.metrics, keep_epochs_below=start_epoch) if ctx.is_main else None
+        meta = {**env, "world_size": ctx.world_size, "threads": threads, "workers": workers}
+        guarded_write(run.config, run, where, save_config, cfg, run.config, meta)
+    log = MetricsLog(run.metrics, keep_epochs_below=start_epoch + 1) if ctx.is_main else None
     net: nn.Module = model
     if ctx.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -261,6 +282,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
     with progress:
         task = progress.add_task(f"{cfg.method.name} {spec.name}", total=total_steps, completed=step, info="")
         for epoch in range(start_epoch, cfg.train.epochs):
+            where.epoch = epoch + 1
             t0 = time.perf_counter()
             net.train()
             if teacher is not None:
@@ -270,7 +292,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
             stat_names: list[str] = []
             n_batches, data_time = 0, 0.0
             t_data = time.perf_counter()
-            for batch in _train_loader(cfg, train_ds, epoch, ctx):
+            for batch in _train_loader(cfg, train_ds, epoch, ctx, workers):
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["mask"].to(device, non_blocking=True)
                 if cfg.train.channels_last:
@@ -310,7 +332,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
             score = val[key]
             improved = score is not None and math.isfinite(score) and score > best
             if improved:
-                best, best_epoch = score, epoch
+                best, best_epoch = score, epoch + 1
             means: dict[str, float] = {}
             if sums is not None and counts is not None:
                 avg = (sums / counts.clamp_min(1)).tolist()
@@ -319,7 +341,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                     for n, v, c in zip(stat_names, avg, counts.tolist(), strict=True)
                 }
             row = {
-                "epoch": epoch, "step": step, "lr": lr_sched.get_last_lr()[0],
+                "epoch": epoch + 1, "step": step, "lr": lr_sched.get_last_lr()[0],
                 **means,
                 "rate": getattr(crit, "rate", 0.0),
                 "capability": getattr(getattr(crit, "schedule", None), "capability", None),
@@ -332,10 +354,11 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                 torch.distributed.all_gather_object(rates, float(getattr(crit, "rate", 0.0)))
                 if len(set(rates)) != 1:
                     raise RuntimeError(f"ranks disagree on the dropout rate after epoch {epoch}: {rates}")
-            snapshot_epochs = {0, (cfg.train.epochs - 1) // 2, cfg.train.epochs - 1}  # early, middle, late
-            if ctx.is_main and cfg.train.snapshots and epoch in snapshot_epochs:
-                save_snapshot(run.root / "snapshots" / f"epoch_{epoch:03d}.npz", _unwrap(model), crit, val_ds,
-                              cfg.train.snapshots, epoch, device, teacher)
+            snapshot_epochs = {1, (cfg.train.epochs + 1) // 2, cfg.train.epochs}  # early, middle, late
+            if ctx.is_main and cfg.train.snapshots and epoch + 1 in snapshot_epochs:
+                snap = run.root / "snapshots" / f"epoch_{epoch + 1:03d}.npz"
+                guarded_write(snap, run, where, save_snapshot, snap, _unwrap(model), crit, val_ds, cfg.train.snapshots,
+                       epoch + 1, device, teacher)
             if ctx.is_main:
                 state = {
                     "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
@@ -345,16 +368,15 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
                     "val": val, "env": env,
                 }
                 assert log is not None
-                log.append(row)  # before last.pt: a resume re-runs (and rewrites) any epoch past the checkpoint
-                if improved:
-                    save_checkpoint(state, run.best)
-                save_checkpoint(state, run.last)
+                with deferred():  # a signal waits until last.pt and where.saved agree
+                    save_epoch(run, where, log, row, state, improved)
                 if writer is not None:
                     for name, v in row.items():
                         if isinstance(v, int | float) and v is not None:
-                            writer.add_scalar(name, v, epoch)
-                console.log(f"epoch {epoch + 1}/{cfg.train.epochs}  {key} {score:.4f}  best {best:.4f}  "
-                            f"rate {row['rate']:.3f}  {row['epoch_time_s']:.1f}s")
+                            writer.add_scalar(name, v, epoch + 1)
+                console.print(escape(f"{time.strftime('%H:%M:%S')} epoch {epoch + 1}/{cfg.train.epochs}  {key} "
+                                     f"{score:.4f}  best {best:.4f}  dropout rate {row['rate']:.3f}  "
+                                     f"{row['epoch_time_s']:.1f}s"))
             ctx.barrier()
 
     summary = _finish(cfg, run, model, val_ds, spec, size, device, ctx, amp_dtype, key, best, best_epoch)
@@ -362,9 +384,9 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
     if isinstance(teacher, CachedTeacher):
         summary["teacher_cache"] = {"dir": str(teacher.cache_dir), "hits": teacher.hits, "misses": teacher.misses}
         if ctx.is_main:
-            console.log(f"teacher cache {teacher.cache_dir}: {teacher.hits} hits, {teacher.misses} misses")
+            console.print(escape(f"teacher cache {teacher.cache_dir}: {teacher.hits} hits, {teacher.misses} misses"))
     if ctx.is_main:
-        write_json(run.summary, summary)
+        guarded_write(run.summary, run, where, write_json, run.summary, summary)
         if writer is not None:
             writer.close()
     return summary
