@@ -50,7 +50,7 @@ def test_resume_eval_predict_export(user_run: Path, tmp_path: Path) -> None:
                                 "--resume", "--set", "model.kwargs={width: 6}", "--set", "model.aux_weight=0.4",
                                 *COMMON])
         assert r.exit_code == 0, r.output
-        assert [int(row["epoch"]) for row in read_metrics(run / "metrics.csv")] == [0, 1]
+        assert [int(row["epoch"]) for row in read_metrics(run / "metrics.csv")] == [1, 2]  # 1-based epochs
         r = runner.invoke(app, ["eval", "--checkpoint", str(run / "checkpoints/best.pt"), "--split", "val",
                                 "--json", str(tmp_path / "m.json")])
         assert r.exit_code == 0, r.output
