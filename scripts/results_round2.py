@@ -62,8 +62,12 @@ OWN_BASES = ("kd", "tfkd")  # ddsd at exactly their tuned (a, T, w)
 STRENGTH_TEACHERS = (("unet_small_short", "unet_small", 0.1), ("unet_small", "unet_small", 1.0),
                      ("unet_teacher", "unet_teacher", 1.0))
 STRENGTH_METHODS = ("kd", "ddsd")
-STAGES = ("fair-tune", "fair-select", "fair-grid", "own", "controls", "strength", "fair-table", "own-table",
-          "controls-table", "strength-table", "strength-plot")
+STAGES = ("fair-tune", "fair-select", "fair-grid", "own", "controls", "strength", "transfer", "fair-table",
+          "own-table", "controls-table", "strength-table", "strength-plot", "transfer-table")
+# ``transfer``: where a dataset's own fair tuning did not fit the CPU budget, its dropout's own effect and the
+# random-selection control run at the setting tuned on TRANSFER_FROM (labelled so in the table; not val-tuned)
+TRANSFER_FROM = "isbi2012_membrane"
+TRANSFER_ARMS = ("kd", "ddsd", "selection=random")
 
 
 def root() -> Path:
@@ -250,6 +254,25 @@ def strength_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> tuple[l
     return first, second
 
 
+def transfer_arms(tuned: dict) -> dict[str, tuple[str, dict]]:
+    """arm -> (method, overrides) at ``TRANSFER_FROM``'s tuned kd / ddsd settings."""
+    src = tuned[TRANSFER_FROM]
+    ddsd = src["ddsd"]["overrides"]
+    return {"kd": ("kd", src["kd"]["overrides"]), "ddsd": ("ddsd", ddsd),
+            "selection=random": ("ddsd", {**ddsd, "method.selection": "random"})}
+
+
+def transfer_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list:
+    """Seed-major (every arm of a seed before the next seed), so that a partial stage still pairs by seed."""
+    jobs = []
+    for d in datasets:
+        for s in seeds:
+            for arm, (m, over) in transfer_arms(tuned).items():
+                out = root() / "transfer/runs" / d / arm / f"seed{s}"
+                jobs.append((r1.train_cmd(d, m, s, over, out, snapshots=False), out))
+    return jobs
+
+
 def main(a, datasets: list[str], methods: list[str] | None) -> int:
     """Run one round-2 stage (``a``: the parsed arguments of scripts/results.py)."""
     import results_round2_tables as tables
@@ -277,5 +300,7 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
         return r1.run_all(own_jobs(datasets, seeds, tuned), a.jobs)
     if a.stage == "controls":
         return r1.run_all(control_jobs(datasets, seeds, tuned), a.jobs)
+    if a.stage == "transfer":
+        return r1.run_all(transfer_jobs(datasets, seeds, tuned), a.jobs)
     first, second = strength_jobs(datasets, seeds, tuned)
     return r1.run_all(first, a.jobs) or r1.run_all(second, a.jobs)

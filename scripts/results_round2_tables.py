@@ -183,6 +183,19 @@ def control_sections(datasets: list[str], tuned: dict) -> dict:
             for d in datasets}
 
 
+def transfer_sections(datasets: list[str], tuned: dict) -> dict:
+    arms = r2.transfer_arms(tuned)
+    runs = {d: {arm: r2.root() / "transfer/runs" / d / arm for arm in arms} for d in datasets}
+    ddsd = f"ddsd ({setting(arms['ddsd'][1])})"
+    sections = {}
+    for d in datasets:
+        sections[f"{d} — the dropout's own effect"] = (d, {f"kd ({setting(arms['kd'][1])})": runs[d]["kd"],
+                                                           ddsd: runs[d]["ddsd"]})
+        sections[f"{d} — random selection control"] = (d, {ddsd: runs[d]["ddsd"],
+                                                          "selection=random": runs[d]["selection=random"]})
+    return sections
+
+
 def strength_points(d: str) -> list[tuple[str, float, dict[str, dict[int, Run]]]]:
     """``(teacher, teacher test score, method -> runs)`` in teacher order, the virtual teacher (1.0) last."""
     pts = []
@@ -284,6 +297,11 @@ def main(stage: str, datasets: list[str], tuned: dict) -> int:
         return paired_tables("controls", "Round 2: selection controls at ddsd's tuned setting", command,
                              control_sections(datasets, tuned),
                              "Each control drops the same share of pixels under the same rate schedule as ddsd.")
+    if stage == "transfer-table":
+        return paired_tables("transfer", f"Round 2: kd vs ddsd vs random selection at {r2.TRANSFER_FROM}'s tuned "
+                             "setting", command, transfer_sections(datasets, tuned),
+                             f"Not val-tuned on these datasets: every arm runs at the setting the fair tuning chose on "
+                             f"{r2.TRANSFER_FROM} (the CPU budget did not fit their own tuning).")
     if stage == "strength-table":
         return strength_table(datasets, command)
     return strength_plot(datasets)
