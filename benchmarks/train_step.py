@@ -36,7 +36,7 @@ from ddsd.models import count_parameters, create_model
 TARGETS = {"kd": 1.05, "ce": 1.15}  # ddsd / <method> time ratio upper bounds from the issue
 # timing order (rotated every round): ddsd sits next to both kd and ce, so their paired per-round ratios compare
 # steps measured back to back under the same background load
-TIMING_ORDER = ("ce", "ddsd", "kd", "ls", "tfkd", "static", "ohem", "cwd")
+TIMING_ORDER = ("ce", "ddsd", "kd", "ls", "tfkd", "tfkd_reg", "static", "ohem", "cwd")
 
 
 def _sync(device: torch.device) -> None:

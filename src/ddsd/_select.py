@@ -1,0 +1,107 @@
+"""Sync-free building blocks of the pixel selection: order-preserving integer keys, a counter-based hash
+(seeded random order without a ``torch.Generator``) and an exact k-th smallest by radix (histogram) select.
+
+Everything here is batched tensor code with static shapes: no host sync, no data-dependent Python value, so
+``torch.compile(fullgraph=True)`` traces it and a new rate or seed (tensors) never recompiles.
+
+* :func:`float_key`: ``float32 -> int64`` in ``[0, 2^32)``, strictly monotone (``-0.0`` counts as ``+0.0``).
+* :func:`hash_bits`: a keyed bijection of ``[0, 2^m)`` (add a key, two xorshift-multiply rounds, xor a second
+  key, two more rounds: "lowbias"-style integer mixing with odd multipliers below ``2^31`` so that int64
+  products never overflow).
+  Applied to flat pixel indices it gives distinct, seeded pseudo-random priorities (a random permutation).
+* :func:`kth_smallest`: per row of an int64 key matrix ``[R, n]`` (keys in ``[0, 2^bits)``) and a per-row
+  rank ``k`` (tensor, ``1 <= k <= n``), the k-th smallest key, exactly, in ``ceil(bits / 16)`` passes; each
+  pass is one histogram (``scatter_add_``) of a 16-bit digit of the keys that still share the found prefix, one
+  cumulative sum over the ``2^16`` bins and one comparison. O(n) per pass, no sort.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["DIGIT_BITS", "float_key", "hash_bits", "index_bits", "kth_smallest", "seed_offset"]
+
+DIGIT_BITS = 16
+_M1, _M2 = 0x45D9F3B, 0x2C1B3C6D  # odd, < 2^31: (x < 2^32) * M < 2^63, no int64 overflow
+_MASK32 = (1 << 32) - 1
+
+
+def index_bits(n: int) -> int:
+    """Bits ``m >= 1`` such that every flat index ``0..n-1`` fits in ``[0, 2^m)`` (a static shape fact)."""
+    return max(1, (int(n) - 1).bit_length())
+
+
+def float_key(x: Tensor) -> Tensor:
+    """Order-preserving ``int64`` key in ``[0, 2^32)`` of a float32 tensor: ``x < y  <=>  key(x) < key(y)``.
+
+    Positive floats' IEEE bits grow with the value; negative ones shrink, so they are mirrored below ``2^31``.
+    ``-0.0`` is mapped like ``+0.0`` (``x + 0.0``). NaN gets a key above ``+inf`` (callers pass no NaN).
+    """
+    bits = (x.float() + 0.0).view(torch.int32).to(torch.int64)
+    return torch.where(bits >= 0, bits + (1 << 31), -1 - bits)
+
+
+def _mix(x: Tensor, m: int) -> Tensor:
+    """Bijection of ``[0, 2^m)``: xorshift / odd multiply mod ``2^m`` rounds (each step is invertible)."""
+    mask = (1 << m) - 1
+    s = max(1, m // 2)
+    x = x ^ (x >> s)
+    x = (x * _M1) & mask
+    x = x ^ (x >> max(1, s - 1))
+    x = (x * _M2) & mask
+    return x ^ (x >> s)
+
+
+def seed_offset(seed: int, counter: Tensor, stream: int) -> Tensor:
+    """A 32-bit offset per (seed, counter, stream): ``0-d int64`` tensor computed on the counter's device."""
+    base = (int(seed) * 0x9E3779B1 + int(stream) * 0x632BE5AB) & _MASK32
+    return _mix((counter.to(torch.int64) * 2654435761 + base) & _MASK32, 32)
+
+
+def hash_bits(index: Tensor, offset: Tensor, m: int) -> Tensor:
+    """Seeded pseudo-random priorities, a bijection of ``[0, 2^m)`` keyed by ``offset``:
+    ``mix(mix((index + k1) mod 2^m) xor k2)`` with two keys drawn from the offset (adding the key alone would
+    make every seed's permutation a cyclic shift of one fixed pattern). ``index``: int64 in ``[0, 2^m)``;
+    ``offset``: int64 tensor broadcastable to it (e.g. ``[R, 1]``, one stream per row)."""
+    mask = (1 << m) - 1
+    k1 = offset & mask
+    k2 = _mix((offset ^ 0x5BD1E995) & _MASK32, 32) & mask
+    return _mix(_mix((index + k1) & mask, m) ^ k2, m)
+
+
+def kth_smallest(keys: Tensor, k: Tensor, bits: int) -> Tensor:
+    """The ``k[r]``-th smallest (1-based) key of each row ``r`` of ``keys``, exactly, by radix select.
+
+    Args:
+        keys: ``[R, n]`` int64, every value in ``[0, 2^bits)``.
+        k: ``[R]`` int64 ranks; rows with ``k <= 0`` return ``-1`` (below every key), ``k > n`` is not allowed.
+        bits: static key width, ``1 <= bits <= 62``.
+
+    Returns:
+        ``[R]`` int64 thresholds ``t`` with ``#{keys[r] <= t} >= k[r]`` and ``#{keys[r] < t} < k[r]``; with
+        distinct keys ``keys[r] <= t`` holds for exactly ``k[r]`` entries.
+    """
+    rows = keys.shape[0]
+    rem = k.clamp(min=1).to(torch.int64)
+    prefix = torch.zeros(rows, dtype=torch.int64, device=keys.device)
+    top = int(bits)
+    while top > 0:
+        width = min(DIGIT_BITS, top)
+        shift = top - width
+        nbins = 1 << width
+        digit = (keys >> shift) & (nbins - 1)
+        code = digit + (torch.arange(rows, device=keys.device) * nbins).unsqueeze(1)
+        if top < bits:  # only the keys that share the prefix found so far are still candidates
+            code = torch.where((keys >> top) == prefix.unsqueeze(1), code, rows * nbins)
+        hist = torch.zeros(rows * nbins + 1, dtype=torch.int64, device=keys.device)
+        hist.scatter_add_(0, code.reshape(-1), torch.ones_like(code).reshape(-1))
+        cum = hist[:-1].view(rows, nbins).cumsum(1)
+        bucket = (cum < rem.unsqueeze(1)).sum(1)  # first bin whose cumulative count reaches rem
+        below = torch.where(
+            bucket > 0, cum.gather(1, (bucket - 1).clamp(min=0).unsqueeze(1)).squeeze(1), torch.zeros_like(rem)
+        )
+        rem = rem - below
+        prefix = (prefix << width) | bucket
+        top = shift
+    return torch.where(k > 0, prefix, torch.full_like(prefix, -1))
