@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddsd._checks import check_finite, check_logits, check_target
+from ddsd._pixel_loss import pixel_terms, weighted_loss
 from ddsd.difficulty import check_kind
 from ddsd.dropout import check_scope, check_selection, check_tie_break, select_keep
 from ddsd.schedules import Capability, Constant, RateSchedule, Threshold
@@ -285,24 +285,14 @@ class DDSDLoss(nn.Module):
         return not (isinstance(self.schedule, Constant) and self.schedule.value == 0.0)
 
     def _pixel_terms(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None):
-        """Per-pixel ``(valid, y0, log_p1, ce_pix, kl, difficulty, keep)``."""
+        """Per-pixel ``(valid, y0, terms, difficulty, keep)`` (:class:`ddsd._pixel_loss.PixelTerms`)."""
         t = self.temperature
         valid = target != self.ignore_index
         y0 = torch.where(valid, target, 0).unsqueeze(1)  # [B, 1, H, W]
-        log_p1 = F.log_softmax(z, dim=1)
-        ce_pix = -log_p1.gather(1, y0).squeeze(1)
-        log_ps = log_p1 if t == 1.0 else F.log_softmax(z / t, dim=1)
-        lps_y = -ce_pix if t == 1.0 else log_ps.gather(1, y0).squeeze(1)
-        log_pt = None
-        if teacher_logits is None:
-            a, b, neg_entropy = self._virtual
-            kl = neg_entropy - (a - b) * lps_y - (b * log_ps.sum(1) if b > 0 else 0.0)
-            lpt_y: Tensor | float = math.log(a)
-        else:
-            log_pt = teacher_log_probs(teacher_logits, tuple(z.shape[-2:]), t)
-            kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="none").sum(1)
-            lpt_y = log_pt.gather(1, y0).squeeze(1)
-        d = self._difficulty(kl, log_ps, lps_y, log_pt, lpt_y, valid)
+        log_pt = None if teacher_logits is None else teacher_log_probs(teacher_logits, tuple(z.shape[-2:]), t)
+        terms = pixel_terms(z, y0, t, self._virtual, log_pt)
+        lpt_y = math.log(self._virtual[0]) if log_pt is None else log_pt.gather(1, y0).squeeze(1)
+        d = self._difficulty(terms.kl, terms.log_q, terms.lq_y, log_pt, lpt_y, valid)
         if isinstance(self.schedule, Threshold):
             keep = valid & (d <= self.schedule.tau)
         elif not self._selects():
@@ -311,17 +301,22 @@ class DDSDLoss(nn.Module):
             keep = select_keep(
                 d, valid, self._rate, self.scope, self.selection, self.tie_break, self.seed, self._draws
             )
-        return valid, y0, log_p1, ce_pix, kl, d, keep
+        return valid, y0, terms, d, keep
 
     def _forward(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None) -> LossOutput:
         t = self.temperature
-        valid, y0, log_p1, ce_pix, kl, d, keep = self._pixel_terms(z, target, teacher_logits)
+        valid, y0, terms, d, keep = self._pixel_terms(z, target, teacher_logits)
         n_valid, n_keep = valid.sum(), keep.sum()
-        kd = _masked_mean(kl, keep, n_keep if self.kd_norm == "kept" else n_valid)
-        ce = _masked_mean(ce_pix, valid, n_valid) if self.ce_on_dropped else _masked_mean(ce_pix, keep, n_keep)
-        loss = ce + (self.kd_weight * t * t) * kd
+        ce_mask, ce_n = (valid, n_valid) if self.ce_on_dropped else (keep, n_keep)
+        kd_n = n_keep if self.kd_norm == "kept" else n_valid
+        ce, kd = _masked_mean(terms.ce, ce_mask, ce_n), _masked_mean(terms.kl, keep, kd_n)
+        lam = self.kd_weight * t * t
+        alpha = ce_mask / ce_n.clamp_min(1).to(z.dtype)
+        beta = keep * (lam / kd_n.clamp_min(1).to(z.dtype))
+        loss = weighted_loss(z, ce + lam * kd, terms, y0, alpha, beta, t, None if teacher_logits is not None
+                             else self._virtual)
         # a pixel is correct when its target class has the largest logit (amax is much cheaper than argmax)
-        correct = valid & (-ce_pix.detach() >= log_p1.detach().amax(1))
+        correct = valid & (-terms.ce >= terms.log_p.amax(1))
         return LossOutput(loss, self._stats(y0.squeeze(1), correct, valid, keep, n_valid, n_keep, d, ce, kd))
 
     @torch.no_grad()
