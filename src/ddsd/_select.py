@@ -5,14 +5,14 @@ Everything here is batched tensor code with static shapes: no host sync, no data
 ``torch.compile(fullgraph=True)`` traces it and a new rate or seed (tensors) never recompiles.
 
 * :func:`float_key`: ``float32 -> int64`` in ``[0, 2^32)``, strictly monotone (``-0.0`` counts as ``+0.0``).
-* :func:`hash_bits`: a keyed bijection of ``[0, 2^m)`` (add a key, two xorshift-multiply rounds, xor a second
-  key, two more rounds: "lowbias"-style integer mixing with odd multipliers below ``2^31`` so that int64
-  products never overflow).
+* :func:`hash_bits`: a keyed bijection of ``[0, 2^m)`` (two rounds of xor a key, multiply by an odd constant
+  mod ``2^m``, xorshift; multipliers below ``2^31`` so that int64 products never overflow); 8 integer ops per
+  pixel.
   Applied to flat pixel indices it gives distinct, seeded pseudo-random priorities (a random permutation).
 * :func:`kth_smallest`: per row of an int64 key matrix ``[R, n]`` (keys in ``[0, 2^bits)``) and a per-row
-  rank ``k`` (tensor, ``1 <= k <= n``), the k-th smallest key, exactly, in ``ceil(bits / 16)`` passes; each
-  pass is one histogram (``scatter_add_``) of a 16-bit digit of the keys that still share the found prefix, one
-  cumulative sum over the ``2^16`` bins and one comparison. O(n) per pass, no sort.
+  rank ``k`` (tensor, ``1 <= k <= n``), the k-th smallest key, exactly, in ``ceil(bits / 17)`` passes; each
+  pass is one histogram (``scatter_add_``) of a digit (at most 17 bits) of the keys that still share the found
+  prefix, one cumulative sum over the bins and one comparison. O(n) per pass, no sort.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["DIGIT_BITS", "float_key", "hash_bits", "index_bits", "kth_smallest", "seed_offset"]
+__all__ = ["DIGIT_BITS", "float_key", "hash_bits", "index_bits", "kth_smallest", "nonneg_float_key", "seed_offset"]
 
-DIGIT_BITS = 16
+DIGIT_BITS = 17
 _M1, _M2 = 0x45D9F3B, 0x2C1B3C6D  # odd, < 2^31: (x < 2^32) * M < 2^63, no int64 overflow
 _MASK32 = (1 << 32) - 1
 
@@ -59,15 +59,32 @@ def seed_offset(seed: int, counter: Tensor, stream: int) -> Tensor:
     return _mix((counter.to(torch.int64) * 2654435761 + base) & _MASK32, 32)
 
 
+def nonneg_float_key(x: Tensor) -> Tensor:
+    """Order-preserving ``int64`` key in ``[0, 2^31)`` of a float32 tensor that is ``>= 0`` (clamped): the IEEE
+    bits of a non-negative float grow with its value. One bit and two integer ops fewer than :func:`float_key`."""
+    return (x.float().clamp_min(0.0) + 0.0).view(torch.int32).to(torch.int64)
+
+
 def hash_bits(index: Tensor, offset: Tensor, m: int) -> Tensor:
-    """Seeded pseudo-random priorities, a bijection of ``[0, 2^m)`` keyed by ``offset``:
-    ``mix(mix((index + k1) mod 2^m) xor k2)`` with two keys drawn from the offset (adding the key alone would
-    make every seed's permutation a cyclic shift of one fixed pattern). ``index``: int64 in ``[0, 2^m)``;
-    ``offset``: int64 tensor broadcastable to it (e.g. ``[R, 1]``, one stream per row)."""
+    """Seeded pseudo-random priorities, a bijection of ``[0, 2^m)`` keyed by ``offset``: two rounds of
+    ``x <- xorshift((x xor key_j) * M_j mod 2^m)`` with two keys drawn from the offset (keys enter by xor before
+    a non-linear step: a plain added key would make every seed's order a cyclic shift of one pattern).
+    ``index``: int64 in ``[0, 2^m)``; ``offset``: int64 tensor broadcastable to it (``[R, 1]``: one per row)."""
     mask = (1 << m) - 1
-    k1 = offset & mask
+    s = max(1, m // 2)
+    k1 = _mix(offset & _MASK32, 32) & mask
     k2 = _mix((offset ^ 0x5BD1E995) & _MASK32, 32) & mask
-    return _mix(_mix((index + k1) & mask, m) ^ k2, m)
+    x = ((index ^ k1) * _M1) & mask
+    x = x ^ (x >> s)
+    x = ((x ^ k2) * _M2) & mask
+    return x ^ (x >> max(1, s - 1))
+
+
+def _widths(bits: int) -> list[int]:
+    """Digit widths, most significant first: as few passes as digits of at most ``DIGIT_BITS`` allow."""
+    passes = -(-int(bits) // DIGIT_BITS)
+    base, extra = divmod(int(bits), passes)
+    return [base + 1] * extra + [base] * (passes - extra)
 
 
 def kth_smallest(keys: Tensor, k: Tensor, bits: int) -> Tensor:
@@ -83,25 +100,28 @@ def kth_smallest(keys: Tensor, k: Tensor, bits: int) -> Tensor:
         distinct keys ``keys[r] <= t`` holds for exactly ``k[r]`` entries.
     """
     rows = keys.shape[0]
-    rem = k.clamp(min=1).to(torch.int64)
-    prefix = torch.zeros(rows, dtype=torch.int64, device=keys.device)
+    rem = k.clamp(min=1).to(torch.int64).unsqueeze(1)
+    prefix = torch.zeros(rows, 1, dtype=torch.int64, device=keys.device)
+    ones = torch.ones(keys.numel(), dtype=torch.int64, device=keys.device)
     top = int(bits)
-    while top > 0:
-        width = min(DIGIT_BITS, top)
+    for width in _widths(bits):
         shift = top - width
         nbins = 1 << width
-        digit = (keys >> shift) & (nbins - 1)
-        code = digit + (torch.arange(rows, device=keys.device) * nbins).unsqueeze(1)
-        if top < bits:  # only the keys that share the prefix found so far are still candidates
-            code = torch.where((keys >> top) == prefix.unsqueeze(1), code, rows * nbins)
+        x = keys >> shift  # [R, n]: prefix bits found so far, then this pass's digit
+        if top < bits:
+            # only the keys that share the prefix found so far are still candidates; the others go to a dump bin
+            off = (x >> width) != prefix
+            x.bitwise_and_(nbins - 1)
+        if rows > 1:
+            x.add_(torch.arange(rows, device=keys.device).unsqueeze(1) * nbins)
+        if top < bits:
+            x.masked_fill_(off, rows * nbins)
         hist = torch.zeros(rows * nbins + 1, dtype=torch.int64, device=keys.device)
-        hist.scatter_add_(0, code.reshape(-1), torch.ones_like(code).reshape(-1))
+        hist.scatter_add_(0, x.reshape(-1), ones)
         cum = hist[:-1].view(rows, nbins).cumsum(1)
-        bucket = (cum < rem.unsqueeze(1)).sum(1)  # first bin whose cumulative count reaches rem
-        below = torch.where(
-            bucket > 0, cum.gather(1, (bucket - 1).clamp(min=0).unsqueeze(1)).squeeze(1), torch.zeros_like(rem)
-        )
+        bucket = torch.searchsorted(cum, rem)  # [R, 1]: first bin whose cumulative count reaches rem
+        below = torch.where(bucket > 0, cum.gather(1, (bucket - 1).clamp(min=0)), 0)
         rem = rem - below
         prefix = (prefix << width) | bucket
         top = shift
-    return torch.where(k > 0, prefix, torch.full_like(prefix, -1))
+    return torch.where(k > 0, prefix.squeeze(1), -1)

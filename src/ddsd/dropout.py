@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddsd._select import float_key, hash_bits, index_bits, kth_smallest, seed_offset
+from ddsd._select import float_key, hash_bits, index_bits, kth_smallest, nonneg_float_key, seed_offset
 
 __all__ = [
     "SCOPES",
@@ -178,8 +178,10 @@ def select_keep(
     tie_break: str = "index",
     seed: int = 0,
     counter: Tensor | None = None,
+    nonneg: bool = False,
 ) -> Tensor:
-    """:func:`keep_mask` without argument checks, for hot paths; no host sync (compiles with fullgraph)."""
+    """:func:`keep_mask` without argument checks, for hot paths; no host sync (compiles with fullgraph).
+    ``nonneg=True`` promises difficulties ``>= 0`` (a 31-bit key: sometimes one radix pass fewer)."""
     rows = 1 if scope == "per_batch" else difficulty.shape[0]
     d = difficulty.detach().reshape(rows, -1)
     v = valid.reshape(rows, -1)
@@ -189,10 +191,10 @@ def select_keep(
     if selection == "random":
         keys, bits = pri, m + 1
     else:
-        dk = float_key(d)
+        dk, dbits = (nonneg_float_key(d), 31) if nonneg else (float_key(d), 32)
         if selection == "easiest":
-            dk = ((1 << 32) - 1) - dk
-        keys, bits = (dk << m) | pri, 32 + m
+            dk = ((1 << dbits) - 1) - dk
+        keys, bits = (dk << m) | pri, dbits + m
     keys = torch.where(v, keys, (1 << bits) - 1)  # invalid pixels rank after every valid one
     n_valid = v.sum(1)
     if selection == "bernoulli":

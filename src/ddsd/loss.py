@@ -63,13 +63,20 @@ def _masked_mean(values: Tensor, mask: Tensor, count: Tensor | None = None) -> T
 
 
 def accuracy_counts(y0: Tensor, correct: Tensor, valid: Tensor, num_classes: int) -> Tensor:
-    """Per-class ``[correct, total]`` pixel counts ``int64 [2, K]`` (one bincount over class/outcome codes).
+    """Per-class ``[correct, total]`` pixel counts ``int64 [2, K]`` (one histogram over class/outcome codes).
 
-    ``y0``: ``[B, H, W]`` class ids (any value at invalid pixels), ``correct`` / ``valid``: bool ``[B, H, W]``.
+    ``y0``: ``[B, H, W]`` class ids in ``0..K-1`` (any such id at invalid pixels), ``correct`` / ``valid``: bool
+    ``[B, H, W]``. Eager uses ``bincount``; under ``torch.compile`` a fixed-size ``scatter_add_`` (bincount's
+    output size would be data-dependent).
     """
-    codes = torch.where(valid, 2 * y0 + correct, 2 * num_classes).flatten()
-    hist = torch.zeros(2 * num_classes + 1, dtype=torch.int64, device=codes.device)  # static shape: compiles
-    hist = hist.scatter_add_(0, codes, torch.ones_like(codes))[:-1].view(num_classes, 2)
+    codes = y0.reshape(-1) * 2
+    codes.add_(correct.reshape(-1)).masked_fill_(~valid.reshape(-1), 2 * num_classes)
+    if torch.compiler.is_compiling():
+        hist = torch.zeros(2 * num_classes + 1, dtype=torch.int64, device=codes.device)
+        hist.scatter_add_(0, codes, torch.ones_like(codes))
+    else:
+        hist = torch.bincount(codes, minlength=2 * num_classes + 1)
+    hist = hist[:-1].view(num_classes, 2)
     return torch.stack([hist[:, 1], hist.sum(1)])
 
 
@@ -288,18 +295,18 @@ class DDSDLoss(nn.Module):
         """Per-pixel ``(valid, y0, terms, difficulty, keep)`` (:class:`ddsd._pixel_loss.PixelTerms`)."""
         t = self.temperature
         valid = target != self.ignore_index
-        y0 = torch.where(valid, target, 0).unsqueeze(1)  # [B, 1, H, W]
+        y0 = target.clamp(0, self.num_classes - 1).unsqueeze(1)  # [B, 1, H, W]; void pixels: any class id
         log_pt = None if teacher_logits is None else teacher_log_probs(teacher_logits, tuple(z.shape[-2:]), t)
         terms = pixel_terms(z, y0, t, self._virtual, log_pt)
         lpt_y = math.log(self._virtual[0]) if log_pt is None else log_pt.gather(1, y0).squeeze(1)
-        d = self._difficulty(terms.kl, terms.log_q, terms.lq_y, log_pt, lpt_y, valid)
+        d = self._difficulty(terms, lpt_y, valid)
         if isinstance(self.schedule, Threshold):
             keep = valid & (d <= self.schedule.tau)
         elif not self._selects():
             keep = valid
         else:
             keep = select_keep(
-                d, valid, self._rate, self.scope, self.selection, self.tie_break, self.seed, self._draws
+                d, valid, self._rate, self.scope, self.selection, self.tie_break, self.seed, self._draws, nonneg=True
             )
         return valid, y0, terms, d, keep
 
@@ -307,55 +314,57 @@ class DDSDLoss(nn.Module):
         t = self.temperature
         valid, y0, terms, d, keep = self._pixel_terms(z, target, teacher_logits)
         n_valid, n_keep = valid.sum(), keep.sum()
-        ce_mask, ce_n = (valid, n_valid) if self.ce_on_dropped else (keep, n_keep)
-        kd_n = n_keep if self.kd_norm == "kept" else n_valid
-        ce, kd = _masked_mean(terms.ce, ce_mask, ce_n), _masked_mean(terms.kl, keep, kd_n)
+        valid_w = valid.to(z.dtype)
+        keep_w = valid_w if keep is valid else keep.to(z.dtype)
+        ce_w, ce_n = (valid_w, n_valid) if self.ce_on_dropped else (keep_w, n_keep)
+        alpha = ce_w / ce_n.clamp_min(1).to(z.dtype)  # CE weight per pixel
+        gamma = keep_w / (n_keep if self.kd_norm == "kept" else n_valid).clamp_min(1).to(z.dtype)  # KD weight
+        ce = -torch.dot(alpha.reshape(-1), terms.lp_y.reshape(-1))
+        kd = torch.dot(gamma.reshape(-1), terms.kl.reshape(-1))
         lam = self.kd_weight * t * t
-        alpha = ce_mask / ce_n.clamp_min(1).to(z.dtype)
-        beta = keep * (lam / kd_n.clamp_min(1).to(z.dtype))
-        loss = weighted_loss(z, ce + lam * kd, terms, y0, alpha, beta, t, None if teacher_logits is not None
-                             else self._virtual)
+        loss = weighted_loss(z, ce + lam * kd, terms, y0, alpha, gamma, lam, t,
+                             None if teacher_logits is not None else self._virtual)
         # a pixel is correct when its target class has the largest logit (amax is much cheaper than argmax)
-        correct = valid & (-terms.ce >= terms.log_p.amax(1))
-        return LossOutput(loss, self._stats(y0.squeeze(1), correct, valid, keep, n_valid, n_keep, d, ce, kd))
+        correct = valid & (terms.lp_y >= terms.log_p.amax(1))
+        kept_sum = torch.dot(keep_w.reshape(-1), d.reshape(-1))
+        return LossOutput(loss, self._stats(y0.squeeze(1), correct, valid, n_valid, n_keep, d, kept_sum, ce, kd))
 
     @torch.no_grad()
-    def _difficulty(
-        self, kl: Tensor, log_ps: Tensor, lps_y: Tensor, log_pt: Tensor | None, lpt_y: Tensor | float, valid: Tensor
-    ) -> Tensor:
-        """Per-pixel difficulty ``[B, H, W]`` (0 at void pixels) from the terms the loss already has: the
+    def _difficulty(self, terms, lpt_y: Tensor | float, valid: Tensor) -> Tensor:
+        """Per-pixel difficulty ``[B, H, W]`` (``+0.0`` at void pixels) from the terms the loss already has: the
         ``[B, K, H, W]`` virtual teacher is never built (``l1`` uses ``|a - p_y| + sum_k |b - p_k| - |b - p_y|``)."""
         kind = self.difficulty
         if kind in ("kl", "one_sided_kl"):
-            d = kl.detach().clamp_min(0.0)
+            d = terms.kl.clamp_min(0.0)
+            off = ~valid
             if kind == "one_sided_kl":  # zero where the student's target probability already reaches the teacher's
-                d = torch.where(lps_y.detach() < lpt_y, d, 0.0)
-        elif kind == "target_gap":
+                off |= terms.lq_y >= lpt_y
+            return d.masked_fill_(off, 0.0)
+        if kind == "target_gap":
             pt_y = math.exp(lpt_y) if isinstance(lpt_y, float) else lpt_y.exp()
-            d = (pt_y - lps_y.detach().exp()).clamp_min(0.0)
-        elif log_pt is not None:  # l1, network teacher
-            d = (log_pt.exp() - log_ps.detach().exp()).abs().sum(1)
+            d = terms.lq_y.exp().neg_().add_(pt_y).clamp_min_(0.0)
+        elif terms.log_pt is not None:  # l1, network teacher
+            d = (terms.log_pt.exp() - terms.log_q.exp()).abs().sum(1)
         else:  # l1, virtual teacher
             a, b, _ = self._virtual
-            p_y = lps_y.detach().exp()
-            d = (a - p_y).abs() + (b - log_ps.detach().exp()).abs().sum(1) - (b - p_y).abs()
-        return torch.where(valid, d, 0.0)
+            p_y = terms.lq_y.exp()
+            d = (a - p_y).abs() + (b - terms.log_q.exp()).abs().sum(1) - (b - p_y).abs()
+            d.clamp_min_(0.0)
+        return d.masked_fill_(~valid, 0.0)
 
     def _stats(
         self,
         y0: Tensor,
         correct: Tensor,
         valid: Tensor,
-        keep: Tensor,
         n_valid: Tensor,
         n_keep: Tensor,
         d: Tensor,
+        kept_sum: Tensor,
         ce: Tensor,
         kd: Tensor,
     ) -> dict[str, Tensor]:
         with torch.no_grad():
-            dropped = valid & ~keep
-            n_dropped = n_valid - n_keep
             per_class = accuracy_counts(y0, correct, valid, self.num_classes)
             if self.training:
                 self._counts += per_class
@@ -365,8 +374,8 @@ class DDSDLoss(nn.Module):
             return {
                 "rate": (1.0 - kept_fraction) if is_threshold else self._rate.clone(),
                 "kept_fraction": kept_fraction,
-                "difficulty_kept": torch.where(keep, d, 0.0).sum() / n_keep,
-                "difficulty_dropped": torch.where(dropped, d, 0.0).sum() / n_dropped,
+                "difficulty_kept": kept_sum / n_keep,
+                "difficulty_dropped": (d.sum() - kept_sum) / (n_valid - n_keep),
                 "capability": self._capability.clone(),
                 **accuracy_stats(per_class),
                 "ce": ce.detach(),
