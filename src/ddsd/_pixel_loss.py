@@ -79,18 +79,25 @@ class _WeightedLoss(torch.autograd.Function):
     def backward(ctx, g):
         log_p, log_q, log_pt, y0, alpha, gamma = ctx.saved_tensors
         lam, t, a_minus_b, b = ctx.consts
-        ga, gb = (alpha * g).unsqueeze(1), (gamma * (g * (lam / t))).unsqueeze(1)  # [B, 1, H, W]
-        if t == 1.0:
-            grad = log_p.exp().mul_(ga + gb)
+        kd_scale = g * (lam / t)
+        if gamma is None:  # the KD weights equal the CE weights: every coefficient is a multiple of alpha
+            ga = (alpha * g).unsqueeze(1)
+            gb = alpha.unsqueeze(1)
         else:
-            grad = log_p.exp().mul_(ga).addcmul_(log_q.exp(), gb)
+            ga, gb = (alpha * g).unsqueeze(1), (gamma * kd_scale).unsqueeze(1)  # [B, 1, H, W]
+            kd_scale = 1.0
+        # in place on the one [B, K, H, W] allocation (exp): a second full-size result would cost its page faults
+        if t == 1.0:
+            grad = log_p.exp().mul_(ga + gb * kd_scale)
+        else:
+            grad = log_p.exp().mul_(ga).addcmul_(log_q.exp(), gb * kd_scale)
         if log_pt is not None:
-            grad.addcmul_(log_pt.exp(), gb, value=-1.0)
-            at_y = ga
+            grad.addcmul_(log_pt.exp(), gb * kd_scale, value=-1.0)
+            at_y = ga.clone()
         else:
             if b > 0:
-                grad.sub_(gb * b)
-            at_y = ga.add(gb, alpha=a_minus_b)
+                grad.sub_(gb * (kd_scale * b))
+            at_y = ga + gb * (kd_scale * a_minus_b)
         grad.scatter_add_(1, y0, at_y.neg_())
         return grad, None, None, None, None, None, None, None, None, None, None, None
 
@@ -101,14 +108,14 @@ def weighted_loss(
     terms: PixelTerms,
     y0: Tensor,
     alpha: Tensor,
-    gamma: Tensor,
+    gamma: Tensor | None,
     lam: float,
     t: float,
     virtual: tuple[float, float, float] | None,
 ) -> Tensor:
     """``value`` (the caller's ``sum_i alpha_i CE_i + lam * gamma_i KL_i``, 0-d) with the gradient above flowing
-    to ``z``. ``alpha`` / ``gamma``: ``[B, H, W]`` CE and (unscaled) KD weights, 0 where a pixel does not count;
-    ``beta = lam * gamma`` with ``lam = lambda T^2``."""
+    to ``z``. ``alpha`` / ``gamma``: ``[B, H, W]`` CE and (unscaled) KD weights, 0 where a pixel does not count
+    (``gamma=None``: the same as ``alpha``); ``beta = lam * gamma`` with ``lam = lambda T^2``."""
     if not z.requires_grad:
         return value
     a_minus_b, b = (0.0, 0.0) if virtual is None else (virtual[0] - virtual[1], virtual[1])

@@ -154,12 +154,25 @@ def tie_priorities(
     rows: int, n: int, tie_break: str, seed: int = 0, counter: Tensor | None = None, device=None
 ) -> Tensor:
     """``[R, n]`` int64 priorities, distinct within each row, in ``[0, 2^m)`` (``m = index_bits(n)``): the
-    flat index (``"index"``) or a seeded pseudo-random permutation of it, another one per row (``"random"``).
+    flat index (``"index"``) or a seeded pseudo-random permutation of it (``"random"``): one keyed hash
+    permutation ``P`` of ``0..n-1`` per step, and per row ``P xor k_r`` with a per-row key (xor with a constant
+    is a bijection of ``[0, 2^m)``, so rows stay distinct; one hash over ``n``, not ``R n``, values).
     Pixels of equal difficulty are ranked by this priority (smaller = easier = kept first)."""
     idx = torch.arange(n, device=device, dtype=torch.int64).unsqueeze(0)
     if tie_break == "index":
         return idx.expand(rows, n)
-    return hash_bits(idx, _row_offsets(rows, seed, counter, _STREAM_TIES, device), index_bits(n))
+    base, row_keys = _tie_parts(rows, n, seed, counter, device)
+    return base if row_keys is None else base ^ row_keys
+
+
+def _tie_parts(rows: int, n: int, seed: int, counter: Tensor | None, device) -> tuple[Tensor, Tensor | None]:
+    """The random priorities as ``base [1, n]`` (one keyed permutation) and ``row_keys [R, 1]`` (None for R = 1):
+    priority ``= base xor row_key``."""
+    m = index_bits(n)
+    idx = torch.arange(n, device=device, dtype=torch.int64).unsqueeze(0)
+    offsets = _row_offsets(rows, seed, counter, _STREAM_TIES, device)  # [R, 1]
+    base = hash_bits(idx, offsets[:1], m)
+    return base, (None if rows == 1 else hash_bits(torch.zeros_like(offsets), offsets, m))
 
 
 def bernoulli_uniforms(rows: int, n: int, seed: int = 0, counter: Tensor | None = None, device=None) -> Tensor:
@@ -187,15 +200,23 @@ def select_keep(
     v = valid.reshape(rows, -1)
     n = d.shape[1]
     m = index_bits(n)
-    pri = tie_priorities(rows, n, "random" if selection == "random" else tie_break, seed, counter, d.device)
     if selection == "random":
-        keys, bits = pri, m + 1
+        keys, bits = tie_priorities(rows, n, "random", seed, counter, d.device).masked_fill(~v, 1 << m), m + 1
     else:
-        dk, dbits = (nonneg_float_key(d), 31) if nonneg else (float_key(d), 32)
+        keys, dbits = (nonneg_float_key(d), 31) if nonneg else (float_key(d), 32)
         if selection == "easiest":
-            dk = ((1 << dbits) - 1) - dk
-        keys, bits = (dk << m) | pri, dbits + m
-    keys = torch.where(v, keys, (1 << bits) - 1)  # invalid pixels rank after every valid one
+            keys.neg_().add_((1 << dbits) - 1)
+        # key = difficulty bits, then the tie priority (base xor row key: the xor acts on the low m bits only)
+        keys.bitwise_left_shift_(m)
+        if tie_break == "index":
+            keys.bitwise_or_(torch.arange(n, device=d.device))
+        else:
+            base, row_keys = _tie_parts(rows, n, seed, counter, d.device)
+            keys.bitwise_or_(base)
+            if row_keys is not None:
+                keys.bitwise_xor_(row_keys)
+        bits = dbits + m
+        keys.masked_fill_(~v, (1 << bits) - 1)  # invalid pixels rank after every valid one
     n_valid = v.sum(1)
     if selection == "bernoulli":
         order = keys.argsort(dim=1)

@@ -313,20 +313,21 @@ class DDSDLoss(nn.Module):
     def _forward(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None) -> LossOutput:
         t = self.temperature
         valid, y0, terms, d, keep = self._pixel_terms(z, target, teacher_logits)
-        n_valid, n_keep = valid.sum(), keep.sum()
-        valid_w = valid.to(z.dtype)
-        keep_w = valid_w if keep is valid else keep.to(z.dtype)
-        ce_w, ce_n = (valid_w, n_valid) if self.ce_on_dropped else (keep_w, n_keep)
-        alpha = ce_w / ce_n.clamp_min(1).to(z.dtype)  # CE weight per pixel
-        gamma = keep_w / (n_keep if self.kd_norm == "kept" else n_valid).clamp_min(1).to(z.dtype)  # KD weight
+        n_valid = valid.sum()
+        n_keep = n_valid if keep is valid else keep.sum()
+        ce_mask, ce_n = (valid, n_valid) if self.ce_on_dropped else (keep, n_keep)
+        kd_n = n_keep if self.kd_norm == "kept" else n_valid
+        alpha = ce_mask.to(z.dtype).div_(ce_n.clamp_min(1))  # CE weight per pixel
+        # KD weight per pixel (the same tensor when the masks and counts agree, e.g. rate 0: one allocation less)
+        gamma = None if keep is ce_mask and kd_n is ce_n else keep.to(z.dtype).div_(kd_n.clamp_min(1))
         ce = -torch.dot(alpha.reshape(-1), terms.lp_y.reshape(-1))
-        kd = torch.dot(gamma.reshape(-1), terms.kl.reshape(-1))
+        kd = torch.dot((alpha if gamma is None else gamma).reshape(-1), terms.kl.reshape(-1))
         lam = self.kd_weight * t * t
         loss = weighted_loss(z, ce + lam * kd, terms, y0, alpha, gamma, lam, t,
                              None if teacher_logits is not None else self._virtual)
+        kept_sum = torch.dot((alpha if gamma is None else gamma).reshape(-1), d.reshape(-1)) * kd_n.clamp_min(1)
         # a pixel is correct when its target class has the largest logit (amax is much cheaper than argmax)
         correct = valid & (terms.lp_y >= terms.log_p.amax(1))
-        kept_sum = torch.dot(keep_w.reshape(-1), d.reshape(-1))
         return LossOutput(loss, self._stats(y0.squeeze(1), correct, valid, n_valid, n_keep, d, kept_sum, ce, kd))
 
     @torch.no_grad()
