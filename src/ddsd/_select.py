@@ -11,8 +11,8 @@ Everything here is batched tensor code with static shapes: no host sync, no data
   Applied to flat pixel indices it gives distinct, seeded pseudo-random priorities (a random permutation).
 * :func:`kth_smallest`: per row of an int64 key matrix ``[R, n]`` (keys in ``[0, 2^bits)``) and a per-row
   rank ``k`` (tensor, ``1 <= k <= n``), the k-th smallest key, exactly, in ``ceil(bits / digit)`` passes (digit
-  ``log2(n)`` bits, 8 to 16); each pass is one histogram (``bincount``, or a fixed-size
-  ``scatter_add_`` under ``torch.compile``) of a digit of the keys that still share the found prefix, one
+  ``log2(n)`` bits, 8 to 16); each pass is one fixed-size histogram (``scatter_add_``) of a
+  digit of the keys that still share the found prefix, one
   cumulative sum over the bins and one binary search. O(n) per pass, no sort.
 """
 
@@ -104,33 +104,32 @@ def kth_smallest(keys: Tensor, k: Tensor, bits: int) -> Tensor:
         ``[R]`` int64 thresholds ``t`` with ``#{keys[r] <= t} >= k[r]`` and ``#{keys[r] < t} < k[r]``; with
         distinct keys ``keys[r] <= t`` holds for exactly ``k[r]`` entries.
 
-    Two ``[R, n]`` work buffers are allocated once and reused by every pass (on CPU a fresh large tensor costs
-    its page faults, more than the arithmetic).
+    One int64 and two bool ``[R, n]`` work buffers are allocated once and reused by every pass (on CPU a fresh
+    large tensor costs its page faults, more than the arithmetic).
     """
     rows, n = keys.shape
-    compiling = torch.compiler.is_compiling()
     rem = k.clamp(min=1).to(torch.int64).unsqueeze(1)
     prefix = torch.zeros(rows, 1, dtype=torch.int64, device=keys.device)
-    x, hi = torch.empty_like(keys), torch.empty_like(keys)
-    off = torch.empty(keys.shape, dtype=torch.bool, device=keys.device)
+    x = torch.empty_like(keys)
+    off, above = (torch.empty(keys.shape, dtype=torch.bool, device=keys.device) for _ in range(2))
+    ones = torch.ones(1, dtype=torch.int64, device=keys.device).expand(keys.numel())  # stride 0: no allocation
     top = int(bits)
     for width in _widths(bits, n):
         shift = top - width
         nbins = 1 << width
         torch.bitwise_right_shift(keys, shift, out=x)  # prefix bits found so far, then this pass's digit
         if top < bits:
-            # only the keys that share the prefix found so far are still candidates; the others go to a dump bin
-            torch.ne(torch.bitwise_right_shift(x, width, out=hi), prefix, out=off)
+            # only keys in [prefix << top, (prefix + 1) << top) are still candidates; the others go to a dump bin
+            torch.lt(keys, prefix << top, out=off)
+            off.logical_or_(torch.ge(keys, (prefix + 1) << top, out=above))
             x.bitwise_and_(nbins - 1)
         if rows > 1:
             x.add_(torch.arange(rows, device=keys.device).unsqueeze(1) * nbins)
         if top < bits:
             x.masked_fill_(off, rows * nbins)
-        if compiling:  # fixed output size (bincount's would be data-dependent)
-            hist = torch.zeros(rows * nbins + 1, dtype=torch.int64, device=keys.device)
-            hist.scatter_add_(0, x.reshape(-1), torch.ones_like(x).reshape(-1))
-        else:
-            hist = torch.bincount(x.reshape(-1), minlength=rows * nbins + 1)
+        # fixed-size histogram (bincount's output size would be data-dependent, and it scans for min / max)
+        hist = torch.zeros(rows * nbins + 1, dtype=torch.int64, device=keys.device)
+        hist.scatter_add_(0, x.reshape(-1), ones)
         cum = hist[: rows * nbins].view(rows, nbins).cumsum(1)
         bucket = torch.searchsorted(cum, rem)  # [R, 1]: first bin whose cumulative count reaches rem
         below = torch.where(bucket > 0, cum.gather(1, (bucket - 1).clamp(min=0)), 0)

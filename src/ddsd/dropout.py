@@ -217,7 +217,7 @@ def select_keep(
                 keys.bitwise_xor_(row_keys)
         bits = dbits + m
         keys.masked_fill_(~v, (1 << bits) - 1)  # invalid pixels rank after every valid one
-    n_valid = v.sum(1)
+    n_valid = torch.count_nonzero(v, dim=1)  # (a bool .sum() would first copy the mask to int64)
     if selection == "bernoulli":
         order = keys.argsort(dim=1)
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=d.device).expand(rows, n))

@@ -66,16 +66,13 @@ def accuracy_counts(y0: Tensor, correct: Tensor, valid: Tensor, num_classes: int
     """Per-class ``[correct, total]`` pixel counts ``int64 [2, K]`` (one histogram over class/outcome codes).
 
     ``y0``: ``[B, H, W]`` class ids in ``0..K-1`` (any such id at invalid pixels), ``correct`` / ``valid``: bool
-    ``[B, H, W]``. Eager uses ``bincount``; under ``torch.compile`` a fixed-size ``scatter_add_`` (bincount's
-    output size would be data-dependent).
+    ``[B, H, W]``. A fixed-size ``scatter_add_`` (``bincount``'s output size would be data-dependent under
+    ``torch.compile``).
     """
     codes = y0.reshape(-1) * 2
     codes.add_(correct.reshape(-1)).masked_fill_(~valid.reshape(-1), 2 * num_classes)
-    if torch.compiler.is_compiling():
-        hist = torch.zeros(2 * num_classes + 1, dtype=torch.int64, device=codes.device)
-        hist.scatter_add_(0, codes, torch.ones_like(codes))
-    else:
-        hist = torch.bincount(codes, minlength=2 * num_classes + 1)
+    hist = torch.zeros(2 * num_classes + 1, dtype=torch.int64, device=codes.device)  # fixed size: compiles
+    hist.scatter_add_(0, codes, torch.ones(1, dtype=torch.int64, device=codes.device).expand(codes.numel()))
     hist = hist[:-1].view(num_classes, 2)
     return torch.stack([hist[:, 1], hist.sum(1)])
 
@@ -313,8 +310,8 @@ class DDSDLoss(nn.Module):
     def _forward(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None) -> LossOutput:
         t = self.temperature
         valid, y0, terms, d, keep = self._pixel_terms(z, target, teacher_logits)
-        n_valid = valid.sum()
-        n_keep = n_valid if keep is valid else keep.sum()
+        n_valid = torch.count_nonzero(valid)
+        n_keep = n_valid if keep is valid else torch.count_nonzero(keep)
         ce_mask, ce_n = (valid, n_valid) if self.ce_on_dropped else (keep, n_keep)
         kd_n = n_keep if self.kd_norm == "kept" else n_valid
         alpha = ce_mask.to(z.dtype).div_(ce_n.clamp_min(1))  # CE weight per pixel
