@@ -21,6 +21,8 @@ def test_keep_mask_matches_reference_with_ties(scope, rate, selection, tie_break
     valid[2] = False  # an all-void image
     got = keep_mask(d, valid, rate, scope, selection=selection, tie_break=tie_break, seed=9, counter=4)
     assert got.dtype == torch.bool
+    nosync = keep_mask(d, valid, rate, scope, selection=selection, tie_break=tie_break, seed=9, counter=4, sync=False)
+    assert torch.equal(got, nosync)
     rows, n = (1, 105) if scope == "per_batch" else (3, 35)
     c = torch.tensor(4)
     pri = tie_priorities(rows, n, "random" if selection == "random" else tie_break, 9, c)
@@ -55,10 +57,11 @@ def test_kth_smallest_matches_sort(rows, n, bits, seed):
     g = torch.Generator().manual_seed(seed)
     keys = torch.randint(0, 2 ** min(bits, 8), (rows, n), generator=g) << max(0, bits - 8)  # ties too
     k = torch.randint(0, n + 1, (rows,), generator=g)
-    got = kth_smallest(keys, k, bits)
-    for r in range(rows):
-        want = -1 if int(k[r]) == 0 else int(keys[r].sort().values[int(k[r]) - 1])
-        assert int(got[r]) == want
+    for sync in (False, True):
+        got = kth_smallest(keys, k, bits, allow_sync=sync)
+        for r in range(rows):
+            want = -1 if int(k[r]) == 0 else int(keys[r].sort().values[int(k[r]) - 1])
+            assert int(got[r]) == want
 
 
 def test_keep_mask_small_shapes_and_tensor_rate():
@@ -119,3 +122,21 @@ def test_bernoulli_expected_count():
         assert err.max() <= 0.25 + 1e-9
         assert err[rates <= 0.5].max() <= 1e-9 * n
         assert (p >= 0).all() and (p <= 1).all() and (p.diff(dim=1) >= 0).all()
+
+
+@pytest.mark.parametrize("levels", [None, 3])
+@pytest.mark.parametrize("scope", ["per_image", "per_batch"])
+def test_sync_free_and_compacting_selection_agree_on_large_inputs(levels, scope):
+    """The eager shortcut (gather the few candidates left after one radix pass) and the sync-free passes give
+    the same mask, with spread difficulties (shortcut taken) and with massive ties (radix passes)."""
+    g = torch.Generator().manual_seed(1)
+    shape = (3, 60, 70)
+    d = torch.rand(shape, generator=g) if levels is None else torch.randint(0, levels, shape, generator=g).float()
+    valid = torch.rand(3, 60, 70, generator=g) > 0.1
+    for rate in (0.05, 0.3, 0.77):
+        a = keep_mask(d, valid, rate, scope, seed=2, sync=True)
+        b = keep_mask(d, valid, rate, scope, seed=2, sync=False)
+        assert torch.equal(a, b)
+        n = valid.sum((1, 2)) if scope == "per_image" else valid.sum().view(1)
+        kept = a.sum((1, 2)) if scope == "per_image" else a.sum().view(1)
+        assert kept.tolist() == (n - (rate * n).floor().long()).tolist()

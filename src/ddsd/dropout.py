@@ -113,6 +113,7 @@ def keep_mask(
     tie_break: str = "random",
     seed: int = 0,
     counter: int | Tensor = 0,
+    sync: bool = True,
 ) -> Tensor:
     """Boolean mask of the pixels whose distillation term is kept.
 
@@ -125,6 +126,7 @@ def keep_mask(
         tie_break: ``"random"`` (seeded random order among equal difficulties) or ``"index"`` (flat index).
         seed, counter: the random stream (same ``(seed, counter)`` -> same mask); a loss advances ``counter``
             once per training step.
+        sync: allow host syncs in the selection (faster in eager, the same mask); ``False`` for compiled code.
 
     Returns:
         ``keep: [B, H, W]`` bool, never True at an invalid pixel; for ``hardest`` per unit exactly
@@ -142,7 +144,7 @@ def keep_mask(
         )
     _check_rate(rate)
     counter = torch.as_tensor(counter, dtype=torch.int64, device=difficulty.device)
-    return select_keep(difficulty, valid, rate, scope, selection, tie_break, seed, counter)
+    return select_keep(difficulty, valid, rate, scope, selection, tie_break, seed, counter, allow_sync=sync)
 
 
 def _row_offsets(rows: int, seed: int, counter: Tensor | None, stream: int, device) -> Tensor:
@@ -192,9 +194,12 @@ def select_keep(
     seed: int = 0,
     counter: Tensor | None = None,
     nonneg: bool = False,
+    allow_sync: bool = False,
 ) -> Tensor:
-    """:func:`keep_mask` without argument checks, for hot paths; no host sync (compiles with fullgraph).
-    ``nonneg=True`` promises difficulties ``>= 0`` (a 31-bit key: sometimes one radix pass fewer)."""
+    """:func:`keep_mask` without argument checks, for hot paths. ``nonneg=True`` promises difficulties ``>= 0``
+    (a 31-bit key: sometimes one radix pass fewer). With ``allow_sync=False`` no host sync (compiles with
+    fullgraph); ``True`` lets the selection finish on the few remaining candidates (same result, faster in
+    eager: :func:`ddsd._select.kth_smallest`)."""
     rows = 1 if scope == "per_batch" else difficulty.shape[0]
     d = difficulty.detach().reshape(rows, -1)
     v = valid.reshape(rows, -1)
@@ -225,7 +230,7 @@ def select_keep(
         keep = v & (uniform >= bernoulli_drop_prob(rank, n_valid, rate))
     else:
         k = keep_counts(n_valid, rate)
-        keep = keys <= kth_smallest(keys, k, bits).unsqueeze(1)
+        keep = keys <= kth_smallest(keys, k, bits, allow_sync=allow_sync).unsqueeze(1)
     return keep.reshape(difficulty.shape)
 
 

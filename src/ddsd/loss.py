@@ -303,7 +303,8 @@ class DDSDLoss(nn.Module):
             keep = valid
         else:
             keep = select_keep(
-                d, valid, self._rate, self.scope, self.selection, self.tie_break, self.seed, self._draws, nonneg=True
+                d, valid, self._rate, self.scope, self.selection, self.tie_break, self.seed, self._draws, nonneg=True,
+                allow_sync=self.check_inputs and not torch.compiler.is_compiling(),
             )
         return valid, y0, terms, d, keep
 
