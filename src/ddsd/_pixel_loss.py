@@ -79,25 +79,31 @@ class _WeightedLoss(torch.autograd.Function):
     def backward(ctx, g):
         log_p, log_q, log_pt, y0, alpha, gamma = ctx.saved_tensors
         lam, t, a_minus_b, b = ctx.consts
-        kd_scale = g * (lam / t)
-        if gamma is None:  # the KD weights equal the CE weights: every coefficient is a multiple of alpha
-            ga = (alpha * g).unsqueeze(1)
-            gb = alpha.unsqueeze(1)
-        else:
-            ga, gb = (alpha * g).unsqueeze(1), (gamma * kd_scale).unsqueeze(1)  # [B, 1, H, W]
-            kd_scale = 1.0
-        # in place on the one [B, K, H, W] allocation (exp): a second full-size result would cost its page faults
-        if t == 1.0:
-            grad = log_p.exp().mul_(ga + gb * kd_scale)
-        else:
-            grad = log_p.exp().mul_(ga).addcmul_(log_q.exp(), gb * kd_scale)
-        if log_pt is not None:
-            grad.addcmul_(log_pt.exp(), gb * kd_scale, value=-1.0)
-            at_y = ga.clone()
-        else:
+        c = g * (lam / t)  # KD coefficient scale (0-d)
+        virtual_t1 = t == 1.0 and log_pt is None
+        if gamma is None and virtual_t1:
+            # KD weights = CE weights: grad = alpha (p (g + c) - c b) - [k = y] alpha (g + c (a - b))
+            grad = log_p.exp().mul_(g + c)
             if b > 0:
-                grad.sub_(gb * (kd_scale * b))
-            at_y = ga + gb * (kd_scale * a_minus_b)
+                grad.sub_(c * b)
+            grad.mul_(alpha.unsqueeze(1))
+            at_y = alpha * (g + c * a_minus_b)
+        else:
+            gamma = alpha if gamma is None else gamma
+            ga, gb = (alpha * g).unsqueeze(1), (gamma * c).unsqueeze(1)  # [B, 1, H, W]
+            # in place on the one [B, K, H, W] allocation (exp): a second full-size result costs its page faults
+            if t == 1.0:
+                grad = log_p.exp().mul_(ga + gb)
+            else:
+                grad = log_p.exp().mul_(ga).addcmul_(log_q.exp(), gb)
+            if log_pt is not None:
+                grad.addcmul_(log_pt.exp(), gb, value=-1.0)
+                at_y = ga.squeeze(1).clone()
+            else:
+                if b > 0:
+                    grad.sub_(gb * b)
+                at_y = (ga + gb * a_minus_b).squeeze(1)
+        at_y = at_y.unsqueeze(1)
         grad.scatter_add_(1, y0, at_y.neg_())
         return grad, None, None, None, None, None, None, None, None, None, None, None
 
