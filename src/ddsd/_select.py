@@ -11,7 +11,7 @@ Everything here is batched tensor code with static shapes: no host sync, no data
   Applied to flat pixel indices it gives distinct, seeded pseudo-random priorities (a random permutation).
 * :func:`kth_smallest`: per row of an int64 key matrix ``[R, n]`` (keys in ``[0, 2^bits)``) and a per-row
   rank ``k`` (tensor, ``1 <= k <= n``), the k-th smallest key, exactly, in ``ceil(bits / digit)`` passes (digit
-  ``log2(n)`` bits, 8 to 16); each pass is one fixed-size histogram (``scatter_add_``) of a
+  ``log2(n) - 3`` bits, 8 to 16); each pass is one fixed-size histogram (``scatter_add_``) of a
   digit of the keys that still share the found prefix, one
   cumulative sum over the bins and one binary search. O(n) per pass, no sort.
 """
@@ -83,10 +83,11 @@ def hash_bits(index: Tensor, offset: Tensor, m: int) -> Tensor:
 
 
 def _widths(bits: int, n: int) -> list[int]:
-    """Digit widths, most significant first: at most ``min(2^DIGIT_BITS, ~n)`` bins per row (at least ``2^8``),
-    so the histogram stays no larger than the keys, and as few passes as those widths allow (measured on one
-    CPU thread: 16-bit digits were as fast as or faster than 12-17-bit ones for 65k-173k pixels per image)."""
-    digit = max(8, min(DIGIT_BITS, index_bits(n)))
+    """Digit widths, most significant first: at most ``min(2^DIGIT_BITS, ~n / 8)`` bins per row (at least
+    ``2^8``), so the histogram and its cumulative sum stay small next to the keys, and as few passes as those
+    widths allow (on one CPU thread 12- to 17-bit digits measured within noise of each other for 65k-173k
+    pixels per image)."""
+    digit = max(8, min(DIGIT_BITS, index_bits(n) - 3))
     passes = -(-int(bits) // digit)
     base, extra = divmod(int(bits), passes)
     return [base + 1] * extra + [base] * (passes - extra)
