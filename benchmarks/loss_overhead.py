@@ -1,15 +1,23 @@
-"""Loss overhead: forward+backward time and peak memory of DDSDLoss vs pixel KD vs CE, measured in one run.
+"""Loss overhead: forward + backward time and peak memory of DDSDLoss against F.cross_entropy, in one run.
 
-    python benchmarks/loss_overhead.py [--repeats 5] [--device cpu|cuda] [--shapes 8x11x360x480,4x19x512x1024]
+    python benchmarks/loss_overhead.py [--repeats 9] [--device cpu|cuda] [--threads 1]
+                                       [--shapes 8x11x360x480,4x2x256x256] [--clock thread|wall] [--no-compile]
 
-Variants (all on the same student logits, virtual teacher a = 0.9, T = 1):
-  ce        F.cross_entropy(ignore_index=255)
-  kd-naive  CE + textbook pixel KD: the teacher tensor [B,K,H,W] materialised, F.kl_div over valid pixels
-  kd        DDSDLoss with a constant rate 0 (closed-form virtual-teacher KL; the `kd` method of this tool)
-  ddsd      DDSDLoss with the Capability schedule at r = 0.5 (difficulty = the same per-pixel KL + selection)
-Time is the median over interleaved repeats; peak memory is the increase of the peak RSS over the inputs,
-measured in a fresh subprocess per variant (CPU: allocator caching makes in-process RSS peaks depend on what
-ran before), or of torch.cuda.max_memory_allocated (CUDA).
+Variants (the same student logits, ~5 % void pixels, virtual teacher a = 0.99, T = 1):
+  ce             F.cross_entropy(ignore_index=255)
+  kd-naive       CE + textbook pixel KD: the teacher tensor [B,K,H,W] materialised, F.kl_div over valid pixels
+  kd             DDSDLoss at a constant rate 0 (the `kd` method: no selection)
+  ddsd           DDSDLoss at a constant rate 0.3 with the defaults (one_sided_kl, hardest, random ties)
+  ddsd-compiled  the same loss under torch.compile(fullgraph=True), check_inputs=False
+Time: the variants are interleaved round by round; reported are the median per variant, its ratio to `ce`
+(ratio of medians) and the median of the per-round ratios (each variant timed right next to `ce`). On CPU the
+clock is the thread's CPU time (``time.thread_time``) by default: on a shared machine the wall clock also counts
+the time the process waits for a core. Peak memory: increase of the peak RSS over the inputs in a fresh
+subprocess per eager variant (CPU), or ``torch.cuda.max_memory_allocated`` (CUDA).
+
+Last, the fullgraph check: a conv model + DDSDLoss(check_inputs=False) step compiled with ``fullgraph=True``
+for three optimiser steps while the rate changes (0.5, 0.4, 0.3): graphs, graph breaks, recompilations and the
+largest difference to the eager loss.
 """
 
 from __future__ import annotations
@@ -26,25 +34,31 @@ import torch
 import torch.nn.functional as F
 
 from ddsd import DDSDLoss, virtual_teacher
-from ddsd.schedules import Capability, Constant
+from ddsd.schedules import Constant, Linear
+
+A, RATE = 0.99, 0.3
 
 
 def kd_naive(z, y, k):
     valid = y != 255
-    pt = virtual_teacher(y, k, 0.9)
+    pt = virtual_teacher(y, k, A)
     kl = F.kl_div(F.log_softmax(z, 1), pt, reduction="none").sum(1)
     return F.cross_entropy(z, y, ignore_index=255) + (kl * valid).sum() / valid.sum().clamp_min(1)
 
 
-def make_variants(k, device):
-    kd = DDSDLoss(k, schedule=Constant(0.0)).to(device)
-    ddsd = DDSDLoss(k, schedule=Capability()).to(device)  # rate r_max = 0.5 before any measurement
-    return {
+def make_variants(k, device, compiled=True):
+    kd = DDSDLoss(k, confidence=A, schedule=Constant(0.0)).to(device)
+    ddsd = DDSDLoss(k, confidence=A, schedule=Constant(RATE)).to(device)
+    out = {
         "ce": lambda z, y: F.cross_entropy(z, y, ignore_index=255),
         "kd-naive": lambda z, y: kd_naive(z, y, k),
         "kd": lambda z, y: kd(z, y).loss,
         "ddsd": lambda z, y: ddsd(z, y).loss,
     }
+    if compiled:
+        fast = DDSDLoss(k, confidence=A, schedule=Constant(RATE), check_inputs=False).to(device)
+        out["ddsd-compiled"] = torch.compile(lambda z, y: fast(z, y).loss, fullgraph=True)
+    return out
 
 
 def _rss_kb(field: str) -> int:
@@ -59,13 +73,13 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run_once(fn, z, y, device):
+def run_once(fn, z, y, device, clock):
     z.grad = None
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     fn(z, y).backward()
     _sync(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def peak_mb(fn, z, y, device):
@@ -92,56 +106,105 @@ def make_inputs(shape, device):
     return z, y.to(device)
 
 
-def peak_in_subprocess(shape_text, variant, device):
-    out = subprocess.run(
-        [sys.executable, __file__, "--device", str(device), "--shapes", shape_text, "--_memory-of", variant],
-        capture_output=True, text=True, check=True,
-    )
+def peak_in_subprocess(shape_text, variant, args):
+    cmd = [sys.executable, __file__, "--device", args.device, "--shapes", shape_text, "--_memory-of", variant,
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench(shape, shape_text, device, repeats):
+def bench(shape, shape_text, device, args, clock):
     z, y = make_inputs(shape, device)
-    variants = make_variants(shape[1], device)
-    for fn in variants.values():  # warm-up
-        run_once(fn, z, y, device)
+    variants = make_variants(shape[1], device, compiled=not args.no_compile)
+    for fn in variants.values():  # warm-up (and compilation)
+        run_once(fn, z, y, device, clock)
+        run_once(fn, z, y, device, clock)
     times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            times[name].append(run_once(fn, z, y, device))
-    med = {name: statistics.median(t) for name, t in times.items()}
+    for r in range(args.repeats):
+        names = list(variants)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(run_once(variants[name], z, y, device, clock))
     if device.type == "cuda":
-        mem = {name: peak_mb(fn, z, y, device) for name, fn in variants.items()}
+        mem = {name: peak_mb(fn, z, y, device) for name, fn in variants.items() if name != "ddsd-compiled"}
     else:
-        mem = {name: peak_in_subprocess(shape_text, name, device) for name in variants}
-    return med, mem
+        mem = {name: peak_in_subprocess(shape_text, name, args) for name in variants if name != "ddsd-compiled"}
+    return times, mem
+
+
+def fullgraph_check(device) -> str:
+    """Compile a conv model + DDSDLoss step with fullgraph=True; steps with rates 0.5, 0.4, 0.3."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 11, 3, padding=1).to(device)
+    crit = DDSDLoss(11, schedule=Linear(0.5, 0.2, 3), check_inputs=False).to(device)
+    eager = DDSDLoss(11, schedule=Linear(0.5, 0.2, 3)).to(device)
+    x = torch.randn(2, 3, 32, 48, device=device)
+    y = torch.randint(0, 11, (2, 32, 48), device=device)
+
+    def step(c, x, y):
+        return c(model(x), y).loss
+
+    compiled = torch.compile(step, fullgraph=True)
+    diffs, rates = [], []
+    try:
+        for _ in range(3):
+            rates.append(round(crit.rate, 3))
+            loss = compiled(crit, x, y)
+            loss.backward()
+            diffs.append(abs(float(loss.detach()) - float(step(eager, x, y).detach())))
+            crit.step()
+            eager.step()
+    except Exception as e:  # report, do not hide: the check failed
+        return f"FAILED: {type(e).__name__}: {str(e).splitlines()[0]}"
+    c = torch._dynamo.utils.counters
+    graphs, breaks = c["stats"]["unique_graphs"], sum(c["graph_break"].values())
+    ok = graphs == 1 and breaks == 0
+    return (
+        f"{'OK' if ok else 'NOT OK'}: model + DDSDLoss step, fullgraph=True, rates {rates}: {graphs} graph(s), "
+        f"{breaks} graph break(s), {graphs - 1} recompilation(s), max |compiled - eager| loss {max(diffs):.2e}"
+    )
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--shapes", default="8x11x360x480,4x19x512x1024")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--shapes", default="8x11x360x480,4x2x256x256")
+    p.add_argument("--clock", choices=["thread", "wall"], default=None, help="default: thread on CPU, wall on CUDA")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled variant and the fullgraph check")
     p.add_argument("--_memory-of", dest="memory_of", help=argparse.SUPPRESS)
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.memory_of:  # child process: one variant's peak memory
         shape = tuple(int(v) for v in args.shapes.split("x"))
         z, y = make_inputs(shape, device)
-        print(peak_mb(make_variants(shape[1], device)[args.memory_of], z, y, device))
+        fn = make_variants(shape[1], device, compiled=False)[args.memory_of]
+        fn(z, y).backward()  # first call: allocator warm-up, lazy inits
+        print(peak_mb(fn, z, y, device))
         return
+    clock_name = args.clock or ("wall" if device.type == "cuda" else "thread")
+    clock = time.perf_counter if clock_name == "wall" else time.thread_time
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("| shape | variant | fwd+bwd ms | peak MB | time / kd | time / kd-naive | mem / kd | mem / kd-naive |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"clock {clock_name}, repeats {args.repeats}, a = {A}, ddsd rate {RATE}")
+    print("| shape | variant | fwd+bwd ms (median) | / ce | / ce (paired median) | peak MB | mem / kd |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for s in args.shapes.split(","):
         shape = tuple(int(v) for v in s.split("x"))
-        med, mem = bench(shape, s, device, args.repeats)
-        for v in med:
-            print(
-                f"| {s} | {v} | {1000 * med[v]:.1f} | {mem[v]:.0f} | {med[v] / med['kd']:.2f} | "
-                f"{med[v] / med['kd-naive']:.2f} | {mem[v] / mem['kd']:.2f} | {mem[v] / mem['kd-naive']:.2f} |"
-            )
+        times, mem = bench(shape, s, device, args, clock)
+        med = {n: statistics.median(t) for n, t in times.items()}
+        for v, t in times.items():
+            paired = statistics.median(a / c for a, c in zip(t, times["ce"], strict=True))
+            ratio = f"{mem[v] / mem['kd']:.2f}" if v in mem and mem["kd"] > 0 else "-"
+            m = f"{mem[v]:.0f} | {ratio}" if v in mem else "- | -"
+            print(f"| {s} | {v} | {1000 * med[v]:.2f} | {med[v] / med['ce']:.2f} | {paired:.2f} | {m} |")
+    if not args.no_compile:
+        print("\nfullgraph check: " + fullgraph_check(device))
 
 
 if __name__ == "__main__":

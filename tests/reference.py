@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -41,33 +42,50 @@ def ref_difficulty(logits, pt, target, kind, t=1.0, ignore_index=255):
                     continue
                 ps = _softmax([float(logits[n, c, i, j]) for c in range(k)], t)
                 q = [float(pt[n, c, i, j]) for c in range(k)]
-                if kind == "kl":
+                yy = y if y is not None else max(range(k), key=lambda c: q[c])
+                if kind in ("kl", "one_sided_kl"):
                     out[n, i, j] = sum(
                         q[c] * (math.log(q[c]) - math.log(ps[c])) for c in range(k) if q[c] > 0
                     )
+                    if kind == "one_sided_kl" and not ps[yy] < q[yy]:
+                        out[n, i, j] = 0.0
                 elif kind == "l1":
                     out[n, i, j] = sum(abs(q[c] - ps[c]) for c in range(k))
                 else:
-                    yy = y if y is not None else max(range(k), key=lambda c: q[c])
                     out[n, i, j] = max(0.0, q[yy] - ps[yy])
     return out
 
 
-def ref_keep_mask(difficulty, valid, rate, scope="per_image"):
-    """Rank by (difficulty, flat index) with Python's sort; keep the first |V| - floor(rate |V|)."""
+def ref_keep_mask(difficulty, valid, rate, scope="per_image", selection="hardest", priority=None, uniforms=None):
+    """Rank each unit's valid pixels by (difficulty, priority) with Python's sort (priority: the flat index
+    within the unit, or a given ``[R, n]`` tie order); ``hardest`` keeps the first ``|V| - floor(rate |V|)``,
+    ``easiest`` the last ones, ``random`` the ones with the smallest priority; ``bernoulli`` drops pixel of
+    0-based rank ``j`` when ``uniforms[r, p] < min(1, g(r) (j + 1/2) / |V|)``."""
     bsz = difficulty.shape[0]
     keep = torch.zeros_like(valid)
     units = [[n] for n in range(bsz)] if scope == "per_image" else [list(range(bsz))]
-    for unit in units:
+    for r, unit in enumerate(units):
         items = []
         for n in unit:
             d = difficulty[n].flatten().tolist()
             v = valid[n].flatten().tolist()
             base = n * len(d) if scope == "per_batch" else 0
-            items += [(d[p], base + p, n, p) for p in range(len(d)) if v[p]]
-        items.sort(key=lambda x: (x[0], x[1]))
-        n_keep = len(items) - math.floor(rate * len(items))
-        for _, _, n, p in items[:n_keep]:
+            for p in range(len(d)):
+                if v[p]:
+                    pri = base + p if priority is None else int(priority[r, base + p])
+                    items.append((d[p], pri, n, p, base + p))
+        if selection == "random":
+            items.sort(key=lambda x: x[1])
+        elif selection == "easiest":
+            items.sort(key=lambda x: (-x[0], x[1]))
+        else:
+            items.sort(key=lambda x: (x[0], x[1]))
+        if selection == "bernoulli":
+            g = 2 * rate if rate <= 0.5 else 1 / (2 * (1 - rate))
+            kept = [it for j, it in enumerate(items) if not uniforms[r, it[4]] < min(1.0, g * (j + 0.5) / len(items))]
+        else:
+            kept = items[: len(items) - math.floor(rate * len(items))]
+        for _, _, n, p, _ in kept:
             keep[n].view(-1)[p] = True
     return keep
 
@@ -85,8 +103,13 @@ def ref_loss(
     ce_on_dropped=True,
     kind="kl",
     ignore_index=255,
+    kd_norm="kept",
+    selection="hardest",
+    priority=None,
+    uniforms=None,
 ):
-    """CE over valid (or kept) pixels + kd_weight * T^2 * mean over kept pixels of KL(p_t || p_s)."""
+    """CE over valid (or kept) pixels + kd_weight * T^2 * (sum over kept pixels of KL(p_t || p_s)) / |kept|
+    (``kd_norm="kept"``) or / |valid| (``"valid"``)."""
     logits = logits.double()
     bsz, k, h, w = logits.shape
     if teacher_logits is None:
@@ -95,7 +118,7 @@ def ref_loss(
         pt = torch.softmax(teacher_logits.double() / t, dim=1)
     diff = ref_difficulty(logits.detach(), pt, target, kind, t, ignore_index)
     valid = target != ignore_index
-    keep = ref_keep_mask(diff, valid, rate, scope)
+    keep = ref_keep_mask(diff, valid, rate, scope, selection, priority, uniforms)
     log_p1 = torch.log_softmax(logits, dim=1)
     log_pt_s = torch.log_softmax(logits / t, dim=1)
     ce_sum, ce_n, kd_sum, kd_n = 0.0, 0, 0.0, 0
@@ -117,5 +140,23 @@ def ref_loss(
                     kd_sum = kd_sum + kl
                     kd_n += 1
     ce = ce_sum / max(ce_n, 1)
-    kd = kd_sum / max(kd_n, 1)
+    kd = kd_sum / max(kd_n if kd_norm == "kept" else int(valid.sum()), 1)
     return ce + kd_weight * t * t * kd, keep
+
+
+def ref_tfkd_reg(outputs, labels, num_classes, correct_prob, temperature, multiplier, alpha, ignore_index=255):
+    """Yuan et al.'s ``loss_kd_regularization`` transcribed (their loop over samples, ``nn.KLDivLoss()`` with
+    the default mean over all elements), applied to the valid pixels as samples ``[N, K]``."""
+    z = outputs.double().permute(0, 2, 3, 1).reshape(-1, num_classes)
+    y = labels.reshape(-1)
+    z, y = z[y != ignore_index], y[y != ignore_index]
+    loss_ce = torch.nn.functional.cross_entropy(z, y)
+    teacher_soft = torch.ones_like(z) * (1 - correct_prob) / (num_classes - 1)
+    for i in range(z.shape[0]):
+        teacher_soft[i, y[i]] = correct_prob
+    with warnings.catch_warnings():  # their reduction is 'mean' over all N * K elements, on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        kl = torch.nn.KLDivLoss(reduction="mean")(
+            torch.log_softmax(z, dim=1), torch.softmax(teacher_soft / temperature, dim=1)
+        )
+    return (1.0 - alpha) * loss_ce + alpha * kl * multiplier

@@ -18,10 +18,10 @@ def _batch(bsz=2, k=3, h=4, w=5, void=0.2, dtype=torch.float32):
 
 @pytest.mark.parametrize("rate", [0.0, 0.3, 0.7])
 @pytest.mark.parametrize("scope", ["per_image", "per_batch"])
-@pytest.mark.parametrize("kind", ["kl", "target_gap", "l1"])
+@pytest.mark.parametrize("kind", ["one_sided_kl", "kl", "target_gap", "l1"])
 def test_loss_matches_reference_virtual_teacher(rate, scope, kind):
     z, y = _batch()
-    crit = DDSDLoss(3, confidence=0.8, difficulty=kind, scope=scope, schedule=Constant(rate))
+    crit = DDSDLoss(3, confidence=0.8, difficulty=kind, scope=scope, schedule=Constant(rate), tie_break="index")
     expected, keep = ref_loss(z, y, 3, 0.8, rate, scope=scope, kind=kind)
     out = crit(z, y)
     torch.testing.assert_close(
@@ -32,13 +32,15 @@ def test_loss_matches_reference_virtual_teacher(rate, scope, kind):
 
 
 @pytest.mark.parametrize("t,weight,ce_on_dropped", [(1.0, 1.0, True), (2.0, 0.5, True), (3.0, 2.0, False)])
-def test_loss_matches_reference_network_teacher(t, weight, ce_on_dropped):
+@pytest.mark.parametrize("kind", ["one_sided_kl", "kl", "target_gap", "l1"])
+def test_loss_matches_reference_network_teacher(t, weight, ce_on_dropped, kind):
     z, y = _batch(k=4)
     zt = torch.randn(2, 4, 2, 3)  # another resolution: resized bilinearly
     zt_up = F.interpolate(zt, size=(4, 5), mode="bilinear", align_corners=False)
-    crit = DDSDLoss(4, temperature=t, kd_weight=weight, schedule=0.4, ce_on_dropped=ce_on_dropped)
+    crit = DDSDLoss(4, temperature=t, kd_weight=weight, schedule=0.4, ce_on_dropped=ce_on_dropped, difficulty=kind,
+                    tie_break="index")
     expected, _ = ref_loss(
-        z, y, 4, 0.9, 0.4, t=t, kd_weight=weight, teacher_logits=zt_up, ce_on_dropped=ce_on_dropped
+        z, y, 4, 0.9, 0.4, t=t, kd_weight=weight, teacher_logits=zt_up, ce_on_dropped=ce_on_dropped, kind=kind
     )
     torch.testing.assert_close(
         crit(z, y, zt).loss.double(), torch.as_tensor(expected).double(), rtol=1e-5, atol=1e-6
@@ -113,7 +115,7 @@ def test_dropped_pixels_get_no_kd_gradient_and_teacher_none():
     z, y = _batch(bsz=1, k=3, h=4, w=4, void=0.0)
     z.requires_grad_(True)
     zt = torch.randn(1, 3, 4, 4, requires_grad=True)
-    crit = DDSDLoss(3, kd_weight=1.0, schedule=0.5, ce_on_dropped=False)
+    crit = DDSDLoss(3, kd_weight=1.0, schedule=0.5, ce_on_dropped=False, difficulty="kl")
     out = crit(z, y, zt)
     out.loss.backward()
     assert zt.grad is None
@@ -182,7 +184,7 @@ def test_step_feeds_capability_and_state_round_trip():
 
 def test_threshold_schedule_reports_measured_rate():
     z, y = _batch(k=3, void=0.0)
-    crit = DDSDLoss(3, schedule=Threshold(1.0))
+    crit = DDSDLoss(3, schedule=Threshold(1.0), difficulty="kl")
     out = crit(z, y)
     d = F.kl_div(
         F.log_softmax(z, 1), torch.full_like(z, 0.05).scatter_(1, y.unsqueeze(1), 0.9), reduction="none"

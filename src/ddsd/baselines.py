@@ -7,12 +7,17 @@ Each has the :class:`~ddsd.loss.DDSDLoss` calling convention, so one training en
 * :class:`LabelSmoothingLoss` (``ls``): ``(1 - eps) CE + eps * mean_k(-log p_s(k))`` over valid pixels.
 * :class:`OHEMLoss` (``ohem``): CE on the hard pixels only (target probability ``< thresh``, and at least
   the ``min_kept`` hardest fraction of each image's valid pixels): the opposite curriculum to ddsd.
+* :class:`TfKDRegLoss` (``tfkd_reg``, Yuan et al., CVPR 2020, "Tf-KD_reg" exactly as their code):
+  ``(1 - alpha) CE + alpha * multiplier * KLDivLoss_mean(log_softmax(z), softmax(u / T))`` with the hand-made
+  distribution ``u = a`` at the label, ``(1 - a) / (K - 1)`` elsewhere, softened *as if it were logits*.
 * :class:`CWDLoss` (``cwd``, Shu et al., ICCV 2021): CE + ``w tau^2 / K * sum_k KL(phi(z_t,k) || phi(z_s,k))``
   with ``phi`` the spatial softmax of one class channel over the image's valid pixels at temperature ``tau``;
   the teacher's logits are a network's, or ``log p_t`` of the virtual teacher.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +26,9 @@ from torch import Tensor, nn
 from ddsd._checks import check_finite, check_logits, check_target
 from ddsd.dropout import select_keep
 from ddsd.loss import LossOutput, _masked_mean, accuracy_counts, accuracy_stats
-from ddsd.teacher import virtual_teacher
+from ddsd.teacher import check_confidence, virtual_teacher
 
-__all__ = ["CWDLoss", "LabelSmoothingLoss", "OHEMLoss"]
+__all__ = ["CWDLoss", "LabelSmoothingLoss", "OHEMLoss", "TfKDRegLoss"]
 
 
 class _PlainCriterion(nn.Module):
@@ -104,11 +109,59 @@ class OHEMLoss(_PlainCriterion):
 
     def _loss(self, z, log_p, ce_pix, y0, valid, teacher_logits):
         d = ce_pix.detach()
-        hardest = select_keep(-d, valid, 1.0 - self.min_kept, "per_image")  # keeps the largest CE
+        hardest = select_keep(-d, valid, 1.0 - self.min_kept, "per_image", tie_break="index")  # largest CE
         keep = valid & ((d > -torch.log(torch.tensor(self.thresh))) | hardest)
         loss = _masked_mean(ce_pix, keep)
         n_valid = valid.sum().clamp_min(1).double()
         return loss, {"ce": loss.detach(), "kd": z.new_zeros(()), "ohem_kept_fraction": keep.sum().double() / n_valid}
+
+
+class TfKDRegLoss(_PlainCriterion):
+    """Tf-KD_reg of Yuan et al. (CVPR 2020, ``loss_kd_regularization`` in their code), per valid pixel.
+
+    Their code builds ``u(k) = a`` at the label, ``(1 - a) / (K - 1)`` elsewhere (``correct_prob`` a, 0.99 in
+    their code), takes ``q = softmax(u / T)`` (the probabilities divided by ``T`` and softmaxed again, so a
+    large ``T`` makes ``q`` nearly uniform) and returns
+    ``(1 - alpha) CE + alpha * multiplier * nn.KLDivLoss()(log_softmax(z), q)``, where ``nn.KLDivLoss()``'s
+    default mean runs over all ``N * K`` elements, i.e. ``(1 / K) mean_i KL(q || p_s)_i``; the student's softmax
+    has no temperature and there is no ``T^2`` factor. Here the samples are the valid pixels:
+
+    ``L = (1 - alpha) mean_V CE_i + alpha * multiplier / K * mean_V KL(q || softmax(z))_i``.
+
+    ``q`` has the virtual teacher's shape (``q_y = e^{a/T} / (e^{a/T} + (K-1) e^{b/T})``, the rest equal), so
+    the KL uses the closed form ``sum_k q log q - (q_y - q_o) log p_s(y) - q_o sum_k log p_s(k)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        confidence: float = 0.99,
+        temperature: float = 20.0,
+        multiplier: float = 1.0,
+        alpha: float = 0.1,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__(num_classes, ignore_index)
+        a = check_confidence(confidence, self.num_classes)
+        if not temperature > 0 or not multiplier >= 0 or not 0.0 <= alpha <= 1.0:
+            raise ValueError(
+                f"tfkd_reg needs temperature > 0, multiplier (kd_weight) >= 0 and alpha in [0, 1], got "
+                f"temperature={temperature!r}, multiplier={multiplier!r}, alpha={alpha!r}"
+            )
+        self.confidence, self.temperature = a, float(temperature)
+        self.multiplier, self.alpha = float(multiplier), float(alpha)
+        k, b = self.num_classes, (1.0 - a) / (self.num_classes - 1)
+        # q = softmax(u / T): exponent differences only matter, so q_o / q_y = exp((b - a) / T)
+        ratio = math.exp((b - a) / self.temperature)
+        self.q_y = 1.0 / (1.0 + (k - 1) * ratio)
+        self.q_o = ratio * self.q_y
+        self._neg_entropy = self.q_y * math.log(self.q_y) + (k - 1) * self.q_o * math.log(self.q_o)
+
+    def _loss(self, z, log_p, ce_pix, y0, valid, teacher_logits):
+        kl = self._neg_entropy + (self.q_y - self.q_o) * ce_pix - self.q_o * log_p.sum(1)
+        ce, kd = _masked_mean(ce_pix, valid), _masked_mean(kl, valid) / self.num_classes
+        loss = (1.0 - self.alpha) * ce + (self.alpha * self.multiplier) * kd
+        return loss, {"ce": ce.detach(), "kd": kd.detach()}
 
 
 class CWDLoss(_PlainCriterion):

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = ["METHODS", "ConfigError", "RunConfig", "apply_overrides", "did_you_mean", "load_config", "save_config"]
 
-METHODS = ("ce", "kd", "ls", "tfkd", "static", "ohem", "cwd", "ddsd")
+METHODS = ("ce", "kd", "ls", "tfkd", "static", "ohem", "cwd", "ddsd", "tfkd_reg")
 
 
 class ConfigError(ValueError):
@@ -54,14 +54,26 @@ class ModelConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    """One method's settings; every method reads only the keys it needs (see ddsd.methods)."""
+    """One method's settings; every method reads only the keys it needs (see ddsd.methods).
 
-    name: Literal["ce", "kd", "ls", "tfkd", "static", "ohem", "cwd", "ddsd"] = "ddsd"
-    confidence: float = Field(0.9, gt=0, le=1, description="virtual-teacher confidence a (kd, static, ddsd, cwd)")
-    temperature: float = Field(1.0, gt=0)
-    kd_weight: float = Field(1.0, ge=0)
-    difficulty: Literal["kl", "target_gap", "l1"] = "kl"
+    The KD family (kd, static, ddsd, tfkd, tfkd_reg) shares ``confidence`` / ``temperature`` / ``kd_weight``, so
+    one search space serves all of them; the ``tfkd_*`` keys (None = use the shared key) override for tfkd only.
+    """
+
+    name: Literal["ce", "kd", "ls", "tfkd", "tfkd_reg", "static", "ohem", "cwd", "ddsd"] = "ddsd"
+    confidence: float = Field(
+        0.9, gt=0, le=1, description="virtual-teacher confidence a (kd, static, ddsd, tfkd, tfkd_reg, cwd)")
+    temperature: float = Field(1.0, gt=0, description="KD temperature T (kd, static, ddsd, tfkd, tfkd_reg)")
+    kd_weight: float = Field(
+        1.0, ge=0, description="KD weight lambda (x T^2); tfkd_reg: Yuan's multiplier (no T^2)")
+    difficulty: Literal["one_sided_kl", "kl", "target_gap", "l1"] = "one_sided_kl"
     scope: Literal["per_image", "per_batch"] = "per_image"
+    selection: Literal["hardest", "random", "easiest", "bernoulli"] = Field(
+        "hardest", description="which pixels the rate drops (docs/method.md)")
+    tie_break: Literal["random", "index"] = Field(
+        "random", description="order among equal difficulties: seeded random (default) or flat index (legacy)")
+    kd_norm: Literal["kept", "valid"] = Field(
+        "kept", description="KD term averaged over the kept pixels, or summed over them / |valid|")
     ce_on_dropped: bool = True
     schedule: Literal["capability", "constant", "linear", "cosine", "exponential", "threshold"] = "capability"
     rate: float = Field(0.2, ge=0, lt=1, description="static rate; start rate of linear/cosine/exponential")
@@ -75,9 +87,11 @@ class MethodConfig(_Strict):
     capability_relative: bool = Field(
         False, description="rate from the share of its initial accuracy gap the student has closed (r_max -> r_min)")
     ls_epsilon: float = Field(0.1, ge=0, lt=1)
-    tfkd_confidence: float = Field(0.9, gt=0, le=1)
-    tfkd_temperature: float = Field(4.0, gt=0)
-    tfkd_weight: float = Field(0.25, ge=0)
+    tfkd_confidence: float | None = Field(None, gt=0, le=1, description="tfkd only; None = confidence")
+    tfkd_temperature: float | None = Field(None, gt=0, description="tfkd only; None = temperature")
+    tfkd_weight: float | None = Field(None, ge=0, description="tfkd only; None = kd_weight")
+    tfkd_reg_alpha: float = Field(
+        0.1, ge=0, le=1, description="tfkd_reg: (1 - alpha) CE + alpha * kd_weight * KL (Yuan et al.'s alpha)")
     ohem_thresh: float = Field(0.7, gt=0, le=1)
     ohem_min_kept: float = Field(0.1, gt=0, le=1)
     cwd_tau: float = Field(4.0, gt=0)

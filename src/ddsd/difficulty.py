@@ -2,7 +2,11 @@
 
 For each pixel ``i`` (computed without gradient), with ``p_s = softmax(z_s / T)``:
 
-* ``kl`` (default): ``d_i = KL(p_t || p_s)_i = sum_k p_t(k) (log p_t(k) - log p_s(k))``;
+* ``one_sided_kl`` (default): ``d_i = KL(p_t || p_s)_i`` where the student's target-class probability is below
+  the teacher's, ``p_s(y_i) < p_t(y_i)``, else 0: monotone in the student's error for every ``a`` and ``T``
+  (docs/method.md);
+* ``kl``: ``d_i = KL(p_t || p_s)_i = sum_k p_t(k) (log p_t(k) - log p_s(k))`` (the first reading; *not*
+  monotone when ``a < 1``: a pixel the student gets right with a margin beyond ``T ln(a/b)`` scores as hard);
 * ``target_gap``: ``d_i = max(0, p_t(y_i) - p_s(y_i))`` (``y`` = target, or the teacher's argmax);
 * ``l1``: ``d_i = sum_k |p_t(k) - p_s(k)|``.
 
@@ -19,7 +23,7 @@ from ddsd._checks import check_logits
 
 __all__ = ["DIFFICULTY_KINDS", "check_kind", "pixel_difficulty"]
 
-DIFFICULTY_KINDS = ("kl", "target_gap", "l1")
+DIFFICULTY_KINDS = ("one_sided_kl", "kl", "target_gap", "l1")
 
 
 def check_kind(kind: str) -> str:
@@ -33,7 +37,7 @@ def pixel_difficulty(
     student_logits: Tensor,
     teacher_probs: Tensor,
     target: Tensor | None = None,
-    kind: str = "kl",
+    kind: str = "one_sided_kl",
     temperature: float = 1.0,
     ignore_index: int = 255,
 ) -> Tensor:
@@ -42,9 +46,10 @@ def pixel_difficulty(
     Args:
         student_logits: ``[B, K, H, W]``.
         teacher_probs: ``[B, K, H, W]`` probabilities (virtual or network teacher).
-        target: optional ``[B, H, W]`` class ids; used by ``target_gap`` (default: the teacher's argmax).
+        target: optional ``[B, H, W]`` class ids; used by ``target_gap`` and ``one_sided_kl`` (default: the
+            teacher's argmax).
             Pixels equal to ``ignore_index`` get difficulty 0.
-        kind: ``"kl" | "target_gap" | "l1"``.
+        kind: ``"one_sided_kl" | "kl" | "target_gap" | "l1"``.
         temperature: ``T > 0`` applied to the student logits.
 
     Returns:
@@ -62,13 +67,16 @@ def pixel_difficulty(
     with torch.no_grad():
         log_ps = F.log_softmax(student_logits.detach().float() / temperature, dim=1)
         pt = teacher_probs.detach().float()
-        if kind == "kl":
+        y = pt.argmax(1) if target is None else target.long()
+        idx = torch.where(y == ignore_index, 0, y).unsqueeze(1)
+        if kind in ("kl", "one_sided_kl"):
             d = (torch.xlogy(pt, pt) - pt * log_ps).sum(1).clamp_min(0.0)
+            if kind == "one_sided_kl":
+                below = log_ps.gather(1, idx).squeeze(1).exp() < pt.gather(1, idx).squeeze(1)
+                d = torch.where(below, d, torch.zeros_like(d))
         elif kind == "l1":
             d = (pt - log_ps.exp()).abs().sum(1)
         else:
-            y = pt.argmax(1) if target is None else target.long()
-            idx = torch.where(y == ignore_index, 0, y).unsqueeze(1)
             d = (pt.gather(1, idx) - log_ps.exp().gather(1, idx)).squeeze(1).clamp_min(0.0)
         if target is not None:
             d = torch.where(target == ignore_index, torch.zeros_like(d), d)

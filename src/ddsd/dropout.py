@@ -1,14 +1,29 @@
 """Step 3 of the method: dynamic dropout, i.e. which pixels keep their distillation term.
 
-Given difficulties ``d`` and a rate ``r in [0, 1)``, in each scope unit ``U`` (one image for
-``per_image``, the whole batch for ``per_batch``) with valid pixels ``V_U``, exactly
-``|V_U| - floor(r * |V_U|)`` valid pixels are kept: those with the smallest difficulty, ties broken by flat
-pixel index (lower index kept first). Invalid pixels are never kept.
+Given difficulties ``d`` and a rate ``r in [0, 1)``, in each scope unit ``U`` (one image for ``per_image``, the
+whole batch for ``per_batch``) with ``n = |V_U|`` valid pixels, the ``selection`` decides which are dropped:
 
-Selection is O(N): one k-th value per unit (``torch.kthvalue``, quickselect on CPU, radix select on CUDA)
-plus comparisons and, only when ties at the threshold must be split, one cumulative sum; no sort, no Python
-loop over images or pixels. Units with different numbers of kept pixels are handled in one batched
-``kthvalue`` by padding each row with ``-inf`` so that every row's wanted rank becomes the same.
+* ``hardest`` (default, the method): exactly ``floor(r n)`` valid pixels with the largest difficulty are
+  dropped, the ``n - floor(r n)`` easiest are kept;
+* ``easiest``: the same count, the smallest difficulties dropped (a control);
+* ``random``: the same count, a uniformly random subset (a control: is the ranking what helps?);
+* ``bernoulli``: the literal "dropout" reading: every valid pixel is dropped independently with probability
+  ``p_i = min(1, g(r) x_i)``, ``x_i = (rank_i + 1/2) / n`` its normalised difficulty rank (rank 0 = easiest,
+  ties ordered by ``tie_break``), ``g(r) = 2r`` for ``r <= 1/2`` and ``1 / (2(1 - r))`` above; the expected
+  dropped share is exactly ``r`` for ``r <= 1/2`` and ``r`` within ``1/(4n)`` above (midpoint rule on the
+  kinked line ``min(1, x / (2(1 - r)))``, whose integral over ``[0, 1]`` is ``r``). Redrawn every step.
+
+Ties (equal difficulties): ``tie_break="random"`` (default) orders them by a seeded pseudo-random permutation
+of the pixels, redrawn every step (no spatial bias: with ``index``, the legacy rule, the bottom rows of an image
+were dropped first among equal difficulties); ``"index"`` by flat pixel index (lower index kept first, flat over
+the batch for ``per_batch``). Randomness comes from :func:`ddsd._select.hash_bits` of the pixel index with an
+offset derived from ``(seed, counter)``: deterministic, identical on CPU / CUDA / compiled, and resumable by
+saving the counter (no ``torch.Generator`` state).
+
+Cost: ``hardest`` / ``easiest`` / ``random`` are O(N): one unique int64 key per pixel (difficulty bits, then
+priority bits) and an exact radix select of the k-th key per unit (:func:`ddsd._select.kth_smallest`), then one
+comparison; no sort, no host sync, so the rate (a tensor) changes without recompiling a compiled step.
+``bernoulli`` needs every pixel's rank: one sort per unit (O(N log N)).
 """
 
 from __future__ import annotations
@@ -16,16 +31,49 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["SCOPES", "check_scope", "keep_counts", "keep_mask", "select_keep", "threshold_keep_mask"]
+from ddsd._select import float_key, hash_bits, index_bits, kth_smallest, nonneg_float_key, seed_offset
+
+__all__ = [
+    "SCOPES",
+    "SELECTIONS",
+    "TIE_BREAKS",
+    "bernoulli_drop_prob",
+    "bernoulli_uniforms",
+    "check_scope",
+    "check_selection",
+    "check_tie_break",
+    "keep_counts",
+    "keep_mask",
+    "select_keep",
+    "threshold_keep_mask",
+    "tie_priorities",
+]
 
 SCOPES = ("per_image", "per_batch")
+SELECTIONS = ("hardest", "random", "easiest", "bernoulli")
+TIE_BREAKS = ("random", "index")
+_STREAM_TIES, _STREAM_BERNOULLI = 1, 2
+
+
+def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+    return value
 
 
 def check_scope(scope: str) -> str:
     """Validate a scope name."""
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    return scope
+    return _check_choice("scope", scope, SCOPES)
+
+
+def check_selection(selection: str) -> str:
+    """Validate a selection name."""
+    return _check_choice("selection", selection, SELECTIONS)
+
+
+def check_tie_break(tie_break: str) -> str:
+    """Validate a tie-break name."""
+    return _check_choice("tie_break", tie_break, TIE_BREAKS)
 
 
 def keep_counts(num_valid: Tensor, rate: float | Tensor) -> Tensor:
@@ -33,6 +81,17 @@ def keep_counts(num_valid: Tensor, rate: float | Tensor) -> Tensor:
     n = num_valid.to(torch.float64)
     r = torch.as_tensor(rate, dtype=torch.float64, device=n.device)
     return (n - torch.floor(r * n)).to(torch.int64)
+
+
+def bernoulli_drop_prob(rank: Tensor, num_valid: Tensor, rate: float | Tensor) -> Tensor:
+    """``p = min(1, g(r) (rank + 1/2) / n)``, ``g(r) = 2r`` (``r <= 1/2``) else ``1 / (2(1 - r))`` (float64).
+
+    ``rank``: 0-based difficulty rank among the unit's ``n`` valid pixels (``[R, N]``), ``num_valid``: ``[R]``.
+    """
+    r = torch.as_tensor(rate, dtype=torch.float64, device=rank.device)
+    g = torch.where(r <= 0.5, 2.0 * r, 0.5 / (1.0 - r))
+    x = (rank.to(torch.float64) + 0.5) / num_valid.to(torch.float64).clamp(min=1).unsqueeze(1)
+    return (g * x).clamp(max=1.0)
 
 
 def _check_rate(rate: float | Tensor) -> None:
@@ -44,21 +103,38 @@ def _check_rate(rate: float | Tensor) -> None:
         raise ValueError(f"rate must be in [0, 1), got {rate!r}")
 
 
-def keep_mask(difficulty: Tensor, valid: Tensor, rate: float | Tensor, scope: str = "per_image") -> Tensor:
+def keep_mask(
+    difficulty: Tensor,
+    valid: Tensor,
+    rate: float | Tensor,
+    scope: str = "per_image",
+    *,
+    selection: str = "hardest",
+    tie_break: str = "random",
+    seed: int = 0,
+    counter: int | Tensor = 0,
+    sync: bool = True,
+) -> Tensor:
     """Boolean mask of the pixels whose distillation term is kept.
 
     Args:
         difficulty: ``[B, H, W]`` float, per-pixel difficulty (no NaN).
         valid: ``[B, H, W]`` bool, True for non-void pixels.
-        rate: dropout rate ``r in [0, 1)``: the fraction of each unit's valid pixels that is dropped
-            (a Python float or a 0-d tensor).
+        rate: dropout rate ``r in [0, 1)`` (a Python float or a 0-d tensor).
         scope: ``"per_image"`` (rank within each image) or ``"per_batch"`` (rank over the whole batch).
+        selection: ``"hardest" | "random" | "easiest" | "bernoulli"`` (module docstring).
+        tie_break: ``"random"`` (seeded random order among equal difficulties) or ``"index"`` (flat index).
+        seed, counter: the random stream (same ``(seed, counter)`` -> same mask); a loss advances ``counter``
+            once per training step.
+        sync: allow host syncs in the selection (faster in eager, the same mask); ``False`` for compiled code.
 
     Returns:
-        ``keep: [B, H, W]`` bool; per unit exactly ``|V| - floor(r |V|)`` True entries, all valid, every kept
-        pixel's difficulty ``<=`` every dropped valid pixel's.
+        ``keep: [B, H, W]`` bool, never True at an invalid pixel; for ``hardest`` per unit exactly
+        ``|V| - floor(r |V|)`` True entries, every kept pixel's difficulty ``<=`` every dropped valid pixel's.
     """
     check_scope(scope)
+    check_selection(selection)
+    check_tie_break(tie_break)
     if difficulty.dim() != 3:
         raise ValueError(f"difficulty must be [B, H, W], got shape {tuple(difficulty.shape)}")
     if valid.shape != difficulty.shape or valid.dtype != torch.bool:
@@ -67,46 +143,94 @@ def keep_mask(difficulty: Tensor, valid: Tensor, rate: float | Tensor, scope: st
             f"got {valid.dtype} {tuple(valid.shape)}"
         )
     _check_rate(rate)
-    return select_keep(difficulty, valid, rate, scope)
+    counter = torch.as_tensor(counter, dtype=torch.int64, device=difficulty.device)
+    return select_keep(difficulty, valid, rate, scope, selection, tie_break, seed, counter, allow_sync=sync)
 
 
-def select_keep(difficulty: Tensor, valid: Tensor, rate: float | Tensor, scope: str) -> Tensor:
-    """:func:`keep_mask` without argument checks (for hot paths whose inputs are already validated).
+def _row_offsets(rows: int, seed: int, counter: Tensor | None, stream: int, device) -> Tensor:
+    c = torch.zeros((), dtype=torch.int64, device=device) if counter is None else counter
+    return (seed_offset(seed, c, stream) + 0x61C88647 * torch.arange(rows, device=device)).unsqueeze(1)
 
-    Two host syncs: the per-unit keep counts (common fast paths: nothing dropped; every unit keeps the same
-    count, so no padding) and whether ties at the threshold must be split by index (else no cumsum).
-    """
-    bsz = difficulty.shape[0]
-    rows = 1 if scope == "per_batch" else bsz
+
+def tie_priorities(
+    rows: int, n: int, tie_break: str, seed: int = 0, counter: Tensor | None = None, device=None
+) -> Tensor:
+    """``[R, n]`` int64 priorities, distinct within each row, in ``[0, 2^m)`` (``m = index_bits(n)``): the
+    flat index (``"index"``) or a seeded pseudo-random permutation of it (``"random"``): one keyed hash
+    permutation ``P`` of ``0..n-1`` per step, and per row ``P xor k_r`` with a per-row key (xor with a constant
+    is a bijection of ``[0, 2^m)``, so rows stay distinct; one hash over ``n``, not ``R n``, values).
+    Pixels of equal difficulty are ranked by this priority (smaller = easier = kept first)."""
+    idx = torch.arange(n, device=device, dtype=torch.int64).unsqueeze(0)
+    if tie_break == "index":
+        return idx.expand(rows, n)
+    base, row_keys = _tie_parts(rows, n, seed, counter, device)
+    return base if row_keys is None else base ^ row_keys
+
+
+def _tie_parts(rows: int, n: int, seed: int, counter: Tensor | None, device) -> tuple[Tensor, Tensor | None]:
+    """The random priorities as ``base [1, n]`` (one keyed permutation) and ``row_keys [R, 1]`` (None for R = 1):
+    priority ``= base xor row_key``."""
+    m = index_bits(n)
+    idx = torch.arange(n, device=device, dtype=torch.int64).unsqueeze(0)
+    offsets = _row_offsets(rows, seed, counter, _STREAM_TIES, device)  # [R, 1]
+    base = hash_bits(idx, offsets[:1], m)
+    return base, (None if rows == 1 else hash_bits(torch.zeros_like(offsets), offsets, m))
+
+
+def bernoulli_uniforms(rows: int, n: int, seed: int = 0, counter: Tensor | None = None, device=None) -> Tensor:
+    """``[R, n]`` float64 uniforms in ``(0, 1)`` (32-bit hash of the pixel index, a stream of its own)."""
+    idx = torch.arange(n, device=device, dtype=torch.int64).unsqueeze(0)
+    u = hash_bits(idx, _row_offsets(rows, seed, counter, _STREAM_BERNOULLI, device), 32)
+    return (u.to(torch.float64) + 0.5) * 2.0**-32
+
+
+def select_keep(
+    difficulty: Tensor,
+    valid: Tensor,
+    rate: float | Tensor,
+    scope: str,
+    selection: str = "hardest",
+    tie_break: str = "index",
+    seed: int = 0,
+    counter: Tensor | None = None,
+    nonneg: bool = False,
+    allow_sync: bool = False,
+) -> Tensor:
+    """:func:`keep_mask` without argument checks, for hot paths. ``nonneg=True`` promises difficulties ``>= 0``
+    (a 31-bit key: sometimes one radix pass fewer). With ``allow_sync=False`` no host sync (compiles with
+    fullgraph); ``True`` lets the selection finish on the few remaining candidates (same result, faster in
+    eager: :func:`ddsd._select.kth_smallest`)."""
+    rows = 1 if scope == "per_batch" else difficulty.shape[0]
     d = difficulty.detach().reshape(rows, -1)
     v = valid.reshape(rows, -1)
-    n_valid = v.sum(1)
-    k = keep_counts(n_valid, rate)  # [rows]
-    k_min, k_max, all_kept, all_valid = torch.stack(
-        [k.min(), k.max(), (k == n_valid).all().long(), (n_valid == v.shape[1]).all().long()]
-    ).tolist()
-    if all_kept:  # rate 0 (or floor(r|V|) = 0 everywhere): keep every valid pixel
-        return valid.clone()
-    if k_max == 0:
-        return torch.zeros_like(valid)
-    inf = torch.tensor(float("inf"), dtype=d.dtype, device=d.device)
-    key = d if all_valid else torch.where(v, d, inf)
-    if k_min == k_max:
-        thresh = torch.kthvalue(key, k_max, dim=1).values.unsqueeze(1)
+    n = d.shape[1]
+    m = index_bits(n)
+    if selection == "random":
+        keys, bits = tie_priorities(rows, n, "random", seed, counter, d.device).masked_fill(~v, 1 << m), m + 1
     else:
-        # Pad row b with (k_max - k_b) copies of -inf: the k_max-th smallest of the padded row is the
-        # k_b-th smallest of the original row (or -inf when k_b == 0, which keeps nothing).
-        width = k_max - k_min
-        col = torch.arange(width, device=d.device)
-        pad = torch.where(col.unsqueeze(0) < (k_max - k).unsqueeze(1), -inf, inf)
-        thresh = torch.kthvalue(torch.cat([pad, key], dim=1), k_max, dim=1).values.unsqueeze(1)
-    below = key < thresh
-    ties = (key == thresh) if all_valid else v & (key == thresh)
-    need = k - below.sum(1)  # how many tied pixels to keep, lowest flat index first
-    if bool((ties.sum(1) == need).all()):
-        keep = below | ties
+        keys, dbits = (nonneg_float_key(d), 31) if nonneg else (float_key(d), 32)
+        if selection == "easiest":
+            keys.neg_().add_((1 << dbits) - 1)
+        # key = difficulty bits, then the tie priority (base xor row key: the xor acts on the low m bits only)
+        keys.bitwise_left_shift_(m)
+        if tie_break == "index":
+            keys.bitwise_or_(torch.arange(n, device=d.device))
+        else:
+            base, row_keys = _tie_parts(rows, n, seed, counter, d.device)
+            keys.bitwise_or_(base)
+            if row_keys is not None:
+                keys.bitwise_xor_(row_keys)
+        bits = dbits + m
+        keys.masked_fill_(~v, (1 << bits) - 1)  # invalid pixels rank after every valid one
+    n_valid = torch.count_nonzero(v, dim=1)  # (a bool .sum() would first copy the mask to int64)
+    if selection == "bernoulli":
+        order = keys.argsort(dim=1)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=d.device).expand(rows, n))
+        uniform = bernoulli_uniforms(rows, n, seed, counter, d.device)
+        keep = v & (uniform >= bernoulli_drop_prob(rank, n_valid, rate))
     else:
-        keep = below | (ties & (torch.cumsum(ties, dim=1) <= need.unsqueeze(1)))
+        k = keep_counts(n_valid, rate)
+        keep = keys <= kth_smallest(keys, k, bits, allow_sync=allow_sync).unsqueeze(1)
     return keep.reshape(difficulty.shape)
 
 

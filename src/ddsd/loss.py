@@ -3,11 +3,13 @@
 .. math::
 
     L = \\frac{1}{|V|} \\sum_{i \\in V} CE_i
-        + \\lambda T^2 \\frac{1}{|M|} \\sum_{i \\in M} KL(p_t \\| p_s^{T})_i
+        + \\lambda T^2 \\frac{1}{|N|} \\sum_{i \\in M} KL(p_t \\| p_s^{T})_i
 
-``V`` = valid pixels, ``M`` = kept valid pixels (:func:`ddsd.dropout.keep_mask` with the schedule's rate),
-``p_s^T = softmax(z_s / T)``. The KD term is 0 (not NaN) when ``M`` is empty; with ``ce_on_dropped=False``
-the CE term is averaged over ``M`` too.
+``V`` = valid pixels, ``M`` = kept valid pixels (:func:`ddsd.dropout.select_keep` with the schedule's rate,
+the ``selection`` and the ``tie_break``), ``p_s^T = softmax(z_s / T)``; ``N = M`` with ``kd_norm="kept"``
+(default: each kept pixel re-weighted by ``|V| / |M|``) or ``N = V`` with ``kd_norm="valid"`` (dropping is a
+pure gate). The KD term is 0 (not NaN) when ``M`` is empty; with ``ce_on_dropped=False`` the CE term is
+averaged over ``M`` too.
 
 Cost: with the virtual teacher (``a``, ``b = (1 - a) / (K - 1)``) the per-pixel KL has the closed form
 ``KL_i = sum_k p_t log p_t - (a - b) log p_s(y_i) - b sum_k log p_s(k)_i``, so the ``[B, K, H, W]`` teacher
@@ -16,20 +18,23 @@ tensor is never built; with ``difficulty="kl"`` the same per-pixel values are th
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddsd._checks import check_finite, check_logits, check_target
-from ddsd.difficulty import check_kind, pixel_difficulty
-from ddsd.dropout import check_scope, select_keep
+from ddsd._pixel_loss import pixel_terms, weighted_loss
+from ddsd.difficulty import check_kind
+from ddsd.dropout import check_scope, check_selection, check_tie_break, select_keep
 from ddsd.schedules import Capability, Constant, RateSchedule, Threshold
-from ddsd.teacher import teacher_log_probs, virtual_teacher, virtual_teacher_values
+from ddsd.teacher import teacher_log_probs, virtual_teacher_values
 
-__all__ = ["DDSDLoss", "LossOutput"]
+__all__ = ["KD_NORMS", "DDSDLoss", "LossOutput"]
+
+KD_NORMS = ("kept", "valid")
 
 
 class LossOutput(NamedTuple):
@@ -58,12 +63,17 @@ def _masked_mean(values: Tensor, mask: Tensor, count: Tensor | None = None) -> T
 
 
 def accuracy_counts(y0: Tensor, correct: Tensor, valid: Tensor, num_classes: int) -> Tensor:
-    """Per-class ``[correct, total]`` pixel counts ``int64 [2, K]`` (one bincount over class/outcome codes).
+    """Per-class ``[correct, total]`` pixel counts ``int64 [2, K]`` (one histogram over class/outcome codes).
 
-    ``y0``: ``[B, H, W]`` class ids (any value at invalid pixels), ``correct`` / ``valid``: bool ``[B, H, W]``.
+    ``y0``: ``[B, H, W]`` class ids in ``0..K-1`` (any such id at invalid pixels), ``correct`` / ``valid``: bool
+    ``[B, H, W]``. A fixed-size ``scatter_add_`` (``bincount``'s output size would be data-dependent under
+    ``torch.compile``).
     """
-    codes = torch.where(valid, 2 * y0 + correct, 2 * num_classes).flatten()
-    hist = torch.bincount(codes, minlength=2 * num_classes + 1)[:-1].view(num_classes, 2)
+    codes = y0.reshape(-1) * 2
+    codes.add_(correct.reshape(-1)).masked_fill_(~valid.reshape(-1), 2 * num_classes)
+    hist = torch.zeros(2 * num_classes + 1, dtype=torch.int64, device=codes.device)  # fixed size: compiles
+    hist.scatter_add_(0, codes, torch.ones(1, dtype=torch.int64, device=codes.device).expand(codes.numel()))
+    hist = hist[:-1].view(num_classes, 2)
     return torch.stack([hist[:, 1], hist.sum(1)])
 
 
@@ -85,18 +95,29 @@ class DDSDLoss(nn.Module):
         confidence: virtual-teacher confidence ``a in (1/K, 1]`` (used when no teacher logits are given).
         temperature: ``T > 0`` for the student (and network-teacher) softmax of the KD term.
         kd_weight: ``lambda >= 0``.
-        difficulty: ``"kl" | "target_gap" | "l1"`` (:func:`ddsd.pixel_difficulty`).
+        difficulty: ``"one_sided_kl"`` (default) | ``"kl"`` | ``"target_gap"`` | ``"l1"``
+            (:func:`ddsd.pixel_difficulty`).
         scope: ``"per_image" | "per_batch"``; under DDP ``per_batch`` ranks each rank's local batch.
         schedule: a :class:`~ddsd.schedules.RateSchedule`, or a float for a constant rate;
             default :class:`~ddsd.schedules.Capability`.
+        selection: ``"hardest"`` (default) | ``"random"`` | ``"easiest"`` | ``"bernoulli"``
+            (:mod:`ddsd.dropout`); the threshold schedule only works with ``hardest``.
+        tie_break: ``"random"`` (default: seeded random order among equal difficulties) | ``"index"``.
+        kd_norm: ``"kept"`` (default: KD mean over the kept pixels) | ``"valid"`` (sum over the kept pixels
+            divided by the number of valid pixels).
+        seed: seed of the random tie order / random and bernoulli selections; with the draw counter (advanced
+            once per training-mode forward, saved in ``state_dict``) it fixes every mask, so a resumed run
+            draws exactly what the uninterrupted one would.
         ignore_index: void label in the target.
         ce_on_dropped: keep the dropped pixels in the CE term (default) or remove them from it too.
-        check_inputs: validate target values and finiteness of the logits (one host sync each).
+        check_inputs: validate target values and finiteness of the loss (host syncs); ``False`` makes the
+            forward free of host syncs (``torch.compile(fullgraph=True)`` traces it).
         sync_capability: under ``torch.distributed``, sum the accuracy counts over ranks in :meth:`step` so
             every rank uses the same rate.
 
     Call ``out = crit(student_logits [B,K,H,W], target [B,H,W], teacher_logits=None [B,K,h,w])``; then
-    ``out.loss.backward()``, ``optimizer.step()``, ``crit.step()``. ``crit.state_dict()`` holds the schedule.
+    ``out.loss.backward()``, ``optimizer.step()``, ``crit.step()``. ``crit.state_dict()`` holds the schedule
+    and the draw counter.
     """
 
     def __init__(
@@ -106,9 +127,13 @@ class DDSDLoss(nn.Module):
         confidence: float = 0.9,
         temperature: float = 1.0,
         kd_weight: float = 1.0,
-        difficulty: str = "kl",
+        difficulty: str = "one_sided_kl",
         scope: str = "per_image",
         schedule: RateSchedule | float | None = None,
+        selection: str = "hardest",
+        tie_break: str = "random",
+        kd_norm: str = "kept",
+        seed: int = 0,
         ignore_index: int = 255,
         ce_on_dropped: bool = True,
         check_inputs: bool = True,
@@ -126,12 +151,23 @@ class DDSDLoss(nn.Module):
         self.kd_weight = float(kd_weight)
         self.difficulty = check_kind(difficulty)
         self.scope = check_scope(scope)
+        self.selection = check_selection(selection)
+        self.tie_break = check_tie_break(tie_break)
+        if kd_norm not in KD_NORMS:
+            raise ValueError(f"kd_norm must be one of {KD_NORMS}, got {kd_norm!r}")
+        self.kd_norm = kd_norm
+        self.seed = int(seed)
         if schedule is None:
             schedule = Capability()
         elif isinstance(schedule, int | float):
             schedule = Constant(schedule)
         elif not isinstance(schedule, RateSchedule):
             raise TypeError(f"schedule must be a RateSchedule or a float rate, got {type(schedule).__name__}")
+        if isinstance(schedule, Threshold) and self.selection != "hardest":
+            raise ValueError(
+                f"selection={self.selection!r} needs a rate; the threshold schedule drops d > tau "
+                "(selection='hardest' only)"
+            )
         self.schedule = schedule
         self.ignore_index = int(ignore_index)
         self.ce_on_dropped = bool(ce_on_dropped)
@@ -142,6 +178,7 @@ class DDSDLoss(nn.Module):
         self.register_buffer("_capability", torch.full((), float("nan")), persistent=False)
         self.register_buffer("_counts", torch.zeros(2, self.num_classes, dtype=torch.int64), persistent=False)
         self.register_buffer("_kept", torch.zeros(2, dtype=torch.int64), persistent=False)
+        self.register_buffer("_draws", torch.zeros((), dtype=torch.int64), persistent=False)
         self._refresh_buffers()
 
     # -- schedule ---------------------------------------------------------------------------------------
@@ -179,17 +216,19 @@ class DDSDLoss(nn.Module):
         self._refresh_buffers()
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"schedule": self.schedule.state_dict()}
+        return {"schedule": self.schedule.state_dict(), "draws": int(self._draws)}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state["schedule"])
+        self._draws.fill_(int(state.get("draws", 0)))  # checkpoints older than the counter start at 0
         self._refresh_buffers()
 
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, confidence={self.confidence}, temperature={self.temperature}, "
             f"kd_weight={self.kd_weight}, difficulty={self.difficulty!r}, scope={self.scope!r}, "
-            f"schedule={self.schedule!r}, ce_on_dropped={self.ce_on_dropped}"
+            f"selection={self.selection!r}, tie_break={self.tie_break!r}, kd_norm={self.kd_norm!r}, "
+            f"seed={self.seed}, schedule={self.schedule!r}, ce_on_dropped={self.ce_on_dropped}"
         )
 
     # -- forward ----------------------------------------------------------------------------------------
@@ -225,6 +264,8 @@ class DDSDLoss(nn.Module):
         target = self._check(student_logits, target, teacher_logits)
         with torch.autocast(device_type=student_logits.device.type, enabled=False):
             out = self._forward(student_logits.float(), target, teacher_logits)
+        if self.training:
+            self._draws += 1
         if self.check_inputs and not bool(torch.isfinite(out.loss)):  # one scalar sync; details on failure
             check_finite("student_logits", student_logits)
             if teacher_logits is not None:
@@ -236,82 +277,93 @@ class DDSDLoss(nn.Module):
     def pixel_maps(
         self, student_logits: Tensor, target: Tensor, teacher_logits: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """The per-pixel difficulty ``[B, H, W]`` and keep mask ``[B, H, W]`` (bool) at the current rate,
-        for inspection and pictures; nothing is counted towards the capability."""
+        """The per-pixel difficulty ``[B, H, W]`` and keep mask ``[B, H, W]`` (bool) at the current rate (and
+        the next draw), for inspection and pictures; nothing is counted towards the capability."""
         target = self._check(student_logits, target, teacher_logits)
         with torch.autocast(device_type=student_logits.device.type, enabled=False):
             *_, d, keep = self._pixel_terms(student_logits.float(), target, teacher_logits)
         return d, keep
 
+    def _selects(self) -> bool:
+        """False when every valid pixel is always kept (a constant rate 0: kd, tfkd, ce): no selection cost."""
+        return not (isinstance(self.schedule, Constant) and self.schedule.value == 0.0)
+
     def _pixel_terms(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None):
-        """Per-pixel ``(valid, y0, log_p1, ce_pix, kl, difficulty, keep)``."""
+        """Per-pixel ``(valid, y0, terms, difficulty, keep)`` (:class:`ddsd._pixel_loss.PixelTerms`)."""
         t = self.temperature
         valid = target != self.ignore_index
-        y0 = torch.where(valid, target, 0).unsqueeze(1)  # [B, 1, H, W]
-        log_p1 = F.log_softmax(z, dim=1)
-        ce_pix = -log_p1.gather(1, y0).squeeze(1)
-        log_ps = log_p1 if t == 1.0 else F.log_softmax(z / t, dim=1)
-        log_pt = None
-        if teacher_logits is None:
-            a, b, neg_entropy = self._virtual
-            lp_y = -ce_pix if t == 1.0 else log_ps.gather(1, y0).squeeze(1)
-            kl = neg_entropy - (a - b) * lp_y - (b * log_ps.sum(1) if b > 0 else 0.0)
-        else:
-            log_pt = teacher_log_probs(teacher_logits, tuple(z.shape[-2:]), t)
-            kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="none").sum(1)
-        d = self._difficulty(kl, z, log_ps, log_pt, target)
+        y0 = target.clamp(0, self.num_classes - 1).unsqueeze(1)  # [B, 1, H, W]; void pixels: any class id
+        log_pt = None if teacher_logits is None else teacher_log_probs(teacher_logits, tuple(z.shape[-2:]), t)
+        terms = pixel_terms(z, y0, t, self._virtual, log_pt)
+        lpt_y = math.log(self._virtual[0]) if log_pt is None else log_pt.gather(1, y0).squeeze(1)
+        d = self._difficulty(terms, lpt_y, valid)
         if isinstance(self.schedule, Threshold):
             keep = valid & (d <= self.schedule.tau)
+        elif not self._selects():
+            keep = valid
         else:
-            keep = select_keep(d, valid, self._rate, self.scope)
-        return valid, y0, log_p1, ce_pix, kl, d, keep
+            keep = select_keep(
+                d, valid, self._rate, self.scope, self.selection, self.tie_break, self.seed, self._draws, nonneg=True,
+                allow_sync=self.check_inputs and not torch.compiler.is_compiling(),
+            )
+        return valid, y0, terms, d, keep
 
     def _forward(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None) -> LossOutput:
         t = self.temperature
-        valid, y0, log_p1, ce_pix, kl, d, keep = self._pixel_terms(z, target, teacher_logits)
-        n_valid, n_keep = valid.sum(), keep.sum()
-        kd = _masked_mean(kl, keep, n_keep)
-        ce = _masked_mean(ce_pix, valid, n_valid) if self.ce_on_dropped else _masked_mean(ce_pix, keep, n_keep)
-        loss = ce + (self.kd_weight * t * t) * kd
+        valid, y0, terms, d, keep = self._pixel_terms(z, target, teacher_logits)
+        n_valid = torch.count_nonzero(valid)
+        n_keep = n_valid if keep is valid else torch.count_nonzero(keep)
+        ce_mask, ce_n = (valid, n_valid) if self.ce_on_dropped else (keep, n_keep)
+        kd_n = n_keep if self.kd_norm == "kept" else n_valid
+        alpha = ce_mask.to(z.dtype).div_(ce_n.clamp_min(1))  # CE weight per pixel
+        # KD weight per pixel (the same tensor when the masks and counts agree, e.g. rate 0: one allocation less)
+        gamma = None if keep is ce_mask and kd_n is ce_n else keep.to(z.dtype).div_(kd_n.clamp_min(1))
+        ce = -torch.dot(alpha.reshape(-1), terms.lp_y.reshape(-1))
+        kd = torch.dot((alpha if gamma is None else gamma).reshape(-1), terms.kl.reshape(-1))
+        lam = self.kd_weight * t * t
+        loss = weighted_loss(z, ce + lam * kd, terms, y0, alpha, gamma, lam, t,
+                             None if teacher_logits is not None else self._virtual)
+        kept_sum = torch.dot((alpha if gamma is None else gamma).reshape(-1), d.reshape(-1)) * kd_n.clamp_min(1)
         # a pixel is correct when its target class has the largest logit (amax is much cheaper than argmax)
-        correct = valid & (-ce_pix.detach() >= log_p1.detach().amax(1))
-        return LossOutput(loss, self._stats(y0.squeeze(1), correct, valid, keep, n_valid, n_keep, d, ce, kd))
+        correct = valid & (terms.lp_y >= terms.log_p.amax(1))
+        return LossOutput(loss, self._stats(y0.squeeze(1), correct, valid, n_valid, n_keep, d, kept_sum, ce, kd))
 
-    def _difficulty(
-        self, kl: Tensor, z: Tensor, log_ps: Tensor, log_pt: Tensor | None, target: Tensor
-    ) -> Tensor:
-        if self.difficulty == "kl":
-            return kl.detach().clamp_min(0.0)
-        if self.difficulty == "target_gap" and log_pt is None:
-            a = self._virtual[0]
-            valid = target != self.ignore_index
-            p_y = log_ps.detach().gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1).exp()
-            return torch.where(valid, (a - p_y).clamp_min(0.0), torch.zeros_like(p_y))
-        pt = (
-            log_pt.exp()
-            if log_pt is not None
-            else virtual_teacher(
-                torch.where(target == self.ignore_index, 0, target), self.num_classes, self.confidence
-            )
-        )
-        d = pixel_difficulty(z, pt, target, self.difficulty, self.temperature, self.ignore_index)
-        return d
+    @torch.no_grad()
+    def _difficulty(self, terms, lpt_y: Tensor | float, valid: Tensor) -> Tensor:
+        """Per-pixel difficulty ``[B, H, W]`` (``+0.0`` at void pixels) from the terms the loss already has: the
+        ``[B, K, H, W]`` virtual teacher is never built (``l1`` uses ``|a - p_y| + sum_k |b - p_k| - |b - p_y|``)."""
+        kind = self.difficulty
+        if kind in ("kl", "one_sided_kl"):
+            d = terms.kl.clamp_min(0.0)
+            off = ~valid
+            if kind == "one_sided_kl":  # zero where the student's target probability already reaches the teacher's
+                off |= terms.lq_y >= lpt_y
+            return d.masked_fill_(off, 0.0)
+        if kind == "target_gap":
+            pt_y = math.exp(lpt_y) if isinstance(lpt_y, float) else lpt_y.exp()
+            d = terms.lq_y.exp().neg_().add_(pt_y).clamp_min_(0.0)
+        elif terms.log_pt is not None:  # l1, network teacher
+            d = (terms.log_pt.exp() - terms.log_q.exp()).abs().sum(1)
+        else:  # l1, virtual teacher
+            a, b, _ = self._virtual
+            p_y = terms.lq_y.exp()
+            d = (a - p_y).abs() + (b - terms.log_q.exp()).abs().sum(1) - (b - p_y).abs()
+            d.clamp_min_(0.0)
+        return d.masked_fill_(~valid, 0.0)
 
     def _stats(
         self,
         y0: Tensor,
         correct: Tensor,
         valid: Tensor,
-        keep: Tensor,
         n_valid: Tensor,
         n_keep: Tensor,
         d: Tensor,
+        kept_sum: Tensor,
         ce: Tensor,
         kd: Tensor,
     ) -> dict[str, Tensor]:
         with torch.no_grad():
-            dropped = valid & ~keep
-            n_dropped = n_valid - n_keep
             per_class = accuracy_counts(y0, correct, valid, self.num_classes)
             if self.training:
                 self._counts += per_class
@@ -321,8 +373,8 @@ class DDSDLoss(nn.Module):
             return {
                 "rate": (1.0 - kept_fraction) if is_threshold else self._rate.clone(),
                 "kept_fraction": kept_fraction,
-                "difficulty_kept": torch.where(keep, d, 0.0).sum() / n_keep,
-                "difficulty_dropped": torch.where(dropped, d, 0.0).sum() / n_dropped,
+                "difficulty_kept": kept_sum / n_keep,
+                "difficulty_dropped": (d.sum() - kept_sum) / (n_valid - n_keep),
                 "capability": self._capability.clone(),
                 **accuracy_stats(per_class),
                 "ce": ce.detach(),

@@ -222,7 +222,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
 
     steps_per_epoch = len(_train_loader(cfg, train_ds, 0, ctx, workers))
     total_steps = cfg.train.epochs * steps_per_epoch
-    crit = build_criterion(cfg.method, k, total_steps, spec.ignore_index).to(device)
+    crit = build_criterion(cfg.method, k, total_steps, spec.ignore_index, seed=cfg.train.seed).to(device)
     opt = _optimizer(cfg, model)
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(

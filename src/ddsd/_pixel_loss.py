@@ -1,0 +1,129 @@
+"""The per-pixel CE and KD terms of :class:`~ddsd.loss.DDSDLoss`, and their weighted sum with a one-pass gradient.
+
+Forward (no autograd graph): ``log p = log_softmax(z)`` (shared by CE, the T = 1 KD term, the difficulty and the
+accuracy statistics), ``log q = log_softmax(z / T)`` only when ``T != 1``, ``CE_i = -log p(y_i)`` and
+``KL_i = KL(p_t || q)_i`` (closed form for the virtual teacher ``(a, b, ..., b)``:
+``sum_k p_t log p_t - (a - b) log q(y_i) - b sum_k log q(k)_i``, so the ``[B, K, H, W]`` teacher never exists).
+
+The loss is ``L = sum_i alpha_i CE_i + beta_i KL_i`` with per-pixel weights fixed after the selection
+(``alpha`` = CE mask / count, ``beta = lambda T^2 gamma``, ``gamma = keep / N``). Its gradient is written
+directly instead of replaying the autograd graph of log-softmax, gather, class-sum and masks (which
+materialises several ``[B, K, H, W]`` tensors):
+
+* virtual teacher: ``dL/dz_k = alpha (p_k - [k = y]) + (beta / T) (q_k - (a - b) [k = y] - b)``
+  (using ``sum_k p_t(k) = a + (K - 1) b = 1``);
+* network teacher: ``dL/dz_k = alpha (p_k - [k = y]) + (beta / T) (q_k - p_t(k))``.
+
+One ``exp`` and one fused multiply-add over ``[B, K, H, W]`` (two of each when ``T != 1``) plus a scatter over
+``[B, H, W]``: cheaper than ``F.cross_entropy``'s own backward.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["PixelTerms", "pixel_terms", "weighted_loss"]
+
+
+class PixelTerms(NamedTuple):
+    """Per-pixel tensors (no gradient): ``log_p`` / ``log_q`` ``[B, K, H, W]`` (``log_q is log_p`` at T = 1),
+    ``lp_y = log p(y)`` (``CE = -lp_y``), ``kl``, ``lq_y = log q(y)`` ``[B, H, W]``; ``log_pt`` the network
+    teacher's ``[B, K, H, W]`` log-probabilities at T (None for the virtual teacher)."""
+
+    log_p: Tensor
+    log_q: Tensor
+    lp_y: Tensor
+    kl: Tensor
+    lq_y: Tensor
+    log_pt: Tensor | None
+
+
+@torch.no_grad()
+def pixel_terms(
+    z: Tensor, y0: Tensor, t: float, virtual: tuple[float, float, float] | None, log_pt: Tensor | None
+) -> PixelTerms:
+    """CE and KL per pixel. ``z``: float32 ``[B, K, H, W]``; ``y0``: ``[B, 1, H, W]`` class ids (any id at
+    void pixels); ``virtual``: ``(a, b, sum p_t log p_t)`` or None with ``log_pt`` given. In-place arithmetic
+    on fresh tensors keeps the number of ``[B, H, W]`` allocations (page faults on CPU) small."""
+    z = z.detach()
+    log_p = F.log_softmax(z, dim=1)
+    lp_y = log_p.gather(1, y0).squeeze(1)
+    log_q = log_p if t == 1.0 else F.log_softmax(z / t, dim=1)
+    lq_y = lp_y if t == 1.0 else log_q.gather(1, y0).squeeze(1)
+    if log_pt is None:
+        a, b, neg_entropy = virtual
+        if b > 0:  # neg_entropy - (a - b) log q(y) - b sum_k log q(k)
+            kl = log_q.sum(1).mul_(-b).add_(lq_y, alpha=-(a - b)).add_(neg_entropy)
+        else:
+            kl = lq_y.mul(-a).add_(neg_entropy)
+    else:
+        kl = F.kl_div(log_q, log_pt, log_target=True, reduction="none").sum(1)
+    return PixelTerms(log_p, log_q, lp_y, kl, lq_y, log_pt)
+
+
+class _WeightedLoss(torch.autograd.Function):
+    """Returns the precomputed value; the backward writes ``dL/dz`` from the saved log-probabilities."""
+
+    @staticmethod
+    def forward(ctx, z, value, log_p, log_q, log_pt, y0, alpha, gamma, lam, t, a_minus_b, b):
+        ctx.save_for_backward(log_p, log_q, log_pt, y0, alpha, gamma)
+        ctx.consts = (lam, t, a_minus_b, b)
+        return value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        log_p, log_q, log_pt, y0, alpha, gamma = ctx.saved_tensors
+        lam, t, a_minus_b, b = ctx.consts
+        c = g * (lam / t)  # KD coefficient scale (0-d)
+        virtual_t1 = t == 1.0 and log_pt is None
+        if gamma is None and virtual_t1:
+            # KD weights = CE weights: grad = alpha (p (g + c) - c b) - [k = y] alpha (g + c (a - b))
+            grad = log_p.exp().mul_(g + c)
+            if b > 0:
+                grad.sub_(c * b)
+            grad.mul_(alpha.unsqueeze(1))
+            at_y = alpha * (g + c * a_minus_b)
+        else:
+            gamma = alpha if gamma is None else gamma
+            ga, gb = (alpha * g).unsqueeze(1), (gamma * c).unsqueeze(1)  # [B, 1, H, W]
+            # in place on the one [B, K, H, W] allocation (exp): a second full-size result costs its page faults
+            if t == 1.0:
+                grad = log_p.exp().mul_(ga + gb)
+            else:
+                grad = log_p.exp().mul_(ga).addcmul_(log_q.exp(), gb)
+            if log_pt is not None:
+                grad.addcmul_(log_pt.exp(), gb, value=-1.0)
+                at_y = ga.squeeze(1).clone()
+            else:
+                if b > 0:
+                    grad.sub_(gb * b)
+                at_y = (ga + gb * a_minus_b).squeeze(1)
+        at_y = at_y.unsqueeze(1)
+        grad.scatter_add_(1, y0, at_y.neg_())
+        return grad, None, None, None, None, None, None, None, None, None, None, None
+
+
+def weighted_loss(
+    z: Tensor,
+    value: Tensor,
+    terms: PixelTerms,
+    y0: Tensor,
+    alpha: Tensor,
+    gamma: Tensor | None,
+    lam: float,
+    t: float,
+    virtual: tuple[float, float, float] | None,
+) -> Tensor:
+    """``value`` (the caller's ``sum_i alpha_i CE_i + lam * gamma_i KL_i``, 0-d) with the gradient above flowing
+    to ``z``. ``alpha`` / ``gamma``: ``[B, H, W]`` CE and (unscaled) KD weights, 0 where a pixel does not count
+    (``gamma=None``: the same as ``alpha``); ``beta = lam * gamma`` with ``lam = lambda T^2``."""
+    if not z.requires_grad:
+        return value
+    a_minus_b, b = (0.0, 0.0) if virtual is None else (virtual[0] - virtual[1], virtual[1])
+    log_q = None if t == 1.0 else terms.log_q  # the same tensor twice would break torch.compile's tracing
+    return _WeightedLoss.apply(z, value, terms.log_p, log_q, terms.log_pt, y0, alpha, gamma, lam, t, a_minus_b, b)
