@@ -89,13 +89,22 @@ def cand_name(c: dict[str, float]) -> str:
 
 PLAN = False  # --plan: print the commands instead of running them
 EXTRA: list[str] = []  # --extra overrides (device etc.), appended to every command
+# The library's method defaults changed after these campaigns (docs/method.md, "Defaults and their evidence"):
+# every command pins the defaults its campaign ran with (a stage's own overrides win), so re-running a stage
+# reproduces its committed runs. Round 1 ran before the difficulty / tie-rule fixes.
+ROUND1_PINS: dict[str, object] = {
+    "method.confidence": 0.9, "method.temperature": 1.0, "method.kd_weight": 1.0, "method.r_max": 0.5,
+    "method.capability_relative": False, "method.difficulty": "kl", "method.tie_break": "index",
+}
+ROUND2_PINS: dict[str, object] = {"method.r_max": 0.5, "method.capability_relative": False}
+PINS = ROUND1_PINS  # scripts/results_round2.py sets ROUND2_PINS for its stages
 
 
 def train_cmd(dataset: str, method: str, seed: int, overrides: dict[str, object], out: Path,
               snapshots: bool = True) -> list[str]:
     cmd = [sys.executable, "-m", "ddsd", "train", "--config", str(ROOT / "configs/results" / f"{dataset}.yaml"),
            "--method", method, "--seed", str(seed), "--out", str(out), "--no-progress"]
-    for k, v in overrides.items():
+    for k, v in {**PINS, **overrides}.items():
         cmd += ["--set", f"{k}={v}"]
     for item in EXTRA:
         cmd += ["--set", item]

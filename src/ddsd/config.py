@@ -62,10 +62,10 @@ class MethodConfig(_Strict):
 
     name: Literal["ce", "kd", "ls", "tfkd", "tfkd_reg", "static", "ohem", "cwd", "ddsd"] = "ddsd"
     confidence: float = Field(
-        0.9, gt=0, le=1, description="virtual-teacher confidence a (kd, static, ddsd, tfkd, tfkd_reg, cwd)")
-    temperature: float = Field(1.0, gt=0, description="KD temperature T (kd, static, ddsd, tfkd, tfkd_reg)")
+        0.99, gt=0, le=1, description="virtual-teacher confidence a (kd, static, ddsd, tfkd, tfkd_reg, cwd)")
+    temperature: float = Field(4.0, gt=0, description="KD temperature T (kd, static, ddsd, tfkd, tfkd_reg)")
     kd_weight: float = Field(
-        1.0, ge=0, description="KD weight lambda (x T^2); tfkd_reg: Yuan's multiplier (no T^2)")
+        0.5, ge=0, description="KD weight lambda (x T^2); tfkd_reg: Yuan's multiplier (no T^2)")
     difficulty: Literal["one_sided_kl", "kl", "target_gap", "l1"] = "one_sided_kl"
     scope: Literal["per_image", "per_batch"] = "per_image"
     selection: Literal["hardest", "random", "easiest", "bernoulli"] = Field(
@@ -81,11 +81,11 @@ class MethodConfig(_Strict):
     tau: float = Field(0.5, ge=0, description="threshold schedule")
     beta: float = Field(1.0, ge=0)
     r_min: float = Field(0.0, ge=0, lt=1)
-    r_max: float = Field(0.5, ge=0, lt=1)
+    r_max: float = Field(0.3, ge=0, lt=1)
     momentum: float = Field(0.9, ge=0, lt=1)
     capability_metric: Literal["mean_class_acc", "pixel_acc"] = "mean_class_acc"
     capability_relative: bool = Field(
-        False, description="rate from the share of its initial accuracy gap the student has closed (r_max -> r_min)")
+        True, description="rate from the share of its initial accuracy gap the student has closed (r_max -> r_min)")
     ls_epsilon: float = Field(0.1, ge=0, lt=1)
     tfkd_confidence: float | None = Field(None, gt=0, le=1, description="tfkd only; None = confidence")
     tfkd_temperature: float | None = Field(None, gt=0, description="tfkd only; None = temperature")

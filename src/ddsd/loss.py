@@ -92,14 +92,16 @@ class DDSDLoss(nn.Module):
 
     Args:
         num_classes: ``K >= 2``.
-        confidence: virtual-teacher confidence ``a in (1/K, 1]`` (used when no teacher logits are given).
-        temperature: ``T > 0`` for the student (and network-teacher) softmax of the KD term.
-        kd_weight: ``lambda >= 0``.
+        confidence: virtual-teacher confidence ``a in (1/K, 1]`` (used when no teacher logits are given);
+            default 0.99.
+        temperature: ``T > 0`` for the student (and network-teacher) softmax of the KD term; default 4.
+        kd_weight: ``lambda >= 0``; default 0.5 (effective weight ``lambda T^2 = 8``). The defaults are the
+            setting the project's results chose on val (docs/method.md, "Defaults and their evidence").
         difficulty: ``"one_sided_kl"`` (default) | ``"kl"`` | ``"target_gap"`` | ``"l1"``
             (:func:`ddsd.pixel_difficulty`).
         scope: ``"per_image" | "per_batch"``; under DDP ``per_batch`` ranks each rank's local batch.
         schedule: a :class:`~ddsd.schedules.RateSchedule`, or a float for a constant rate;
-            default :class:`~ddsd.schedules.Capability`.
+            default :class:`~ddsd.schedules.Capability` (relative capability, ``r_max = 0.3``).
         selection: ``"hardest"`` (default) | ``"random"`` | ``"easiest"`` | ``"bernoulli"``
             (:mod:`ddsd.dropout`); the threshold schedule only works with ``hardest``.
         tie_break: ``"random"`` (default: seeded random order among equal difficulties) | ``"index"``.
@@ -124,9 +126,9 @@ class DDSDLoss(nn.Module):
         self,
         num_classes: int,
         *,
-        confidence: float = 0.9,
-        temperature: float = 1.0,
-        kd_weight: float = 1.0,
+        confidence: float = 0.99,
+        temperature: float = 4.0,
+        kd_weight: float = 0.5,
         difficulty: str = "one_sided_kl",
         scope: str = "per_image",
         schedule: RateSchedule | float | None = None,

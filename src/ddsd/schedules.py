@@ -6,7 +6,8 @@ once per optimiser step with ``step(capability=None)``, like an LR scheduler; ``
 
 * :class:`Constant` ``r``: the fixed-rate ("static dropout") baseline.
 * :class:`Linear`, :class:`Cosine`, :class:`Exponential` ``start -> end`` over ``total_steps``: time-driven.
-* :class:`Capability` (the method's default): ``r = clip(beta * (1 - c), r_min, r_max)`` where ``c`` is an
+* :class:`Capability` (the method's default; by default in its ``relative`` form, see the class): absolute form
+  ``r = clip(beta * (1 - c), r_min, r_max)`` where ``c`` is an
   exponential moving average (``c <- m c + (1 - m) acc``, initialised with the first measurement) of the
   student's accuracy on its training batches. A weak student drops many pixels; as it learns, hard pixels
   come back. Before the first measurement the student is assumed weak (``c = 0``).
@@ -137,11 +138,11 @@ class Capability(RateSchedule):
 
     Args:
         beta: slope of the rate in the student's weakness ``1 - c``.
-        r_min, r_max: bounds of the rate, ``0 <= r_min <= r_max < 1``.
+        r_min, r_max: bounds of the rate, ``0 <= r_min <= r_max < 1`` (defaults 0 and 0.3).
         momentum: EMA momentum ``m`` in ``[0, 1)``: ``c <- m c + (1 - m) acc``.
         metric: ``"mean_class_acc"`` (mean per-class accuracy over the classes present in the batch; the
             default, because plain pixel accuracy saturates at once on imbalanced data) or ``"pixel_acc"``.
-        relative: use the capability relative to the first measurement ``c0``,
+        relative: (default ``True``) use the capability relative to the first measurement ``c0``,
             ``c_rel = max(0, (c - c0) / (1 - c0))`` (the fraction of its initial gap the student has closed),
             and map it onto the rate range: ``r = clip(r_max - beta (r_max - r_min) c_rel, r_min, r_max)``.
             The rate starts at ``r_max`` and reaches ``r_min`` when the student has closed ``1 / beta`` of its
@@ -157,10 +158,10 @@ class Capability(RateSchedule):
         self,
         beta: float = 1.0,
         r_min: float = 0.0,
-        r_max: float = 0.5,
+        r_max: float = 0.3,
         momentum: float = 0.9,
         metric: str = "mean_class_acc",
-        relative: bool = False,
+        relative: bool = True,
     ) -> None:
         super().__init__()
         self.relative = bool(relative)
