@@ -97,7 +97,7 @@ ROUND1_PINS: dict[str, object] = {
     "method.capability_relative": False, "method.difficulty": "kl", "method.tie_break": "index",
 }
 ROUND2_PINS: dict[str, object] = {"method.r_max": 0.5, "method.capability_relative": False}
-PINS = ROUND1_PINS  # scripts/results_round2.py sets ROUND2_PINS for its stages
+PINS = ROUND1_PINS  # main() sets the pins of the stage's campaign
 
 
 def train_cmd(dataset: str, method: str, seed: int, overrides: dict[str, object], out: Path,
@@ -425,8 +425,9 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     a = p.parse_args()
     EXTRA.extend(x for x in a.extra.split(",") if x)
-    global PLAN
+    global PLAN, PINS
     PLAN = a.plan
+    PINS = ROUND2_PINS if a.stage in ROUND2_STAGES else ROUND1_PINS
     datasets, methods = a.datasets.split(","), (a.methods or ",".join(CANDIDATES)).split(",")
     if a.stage in ROUND2_STAGES:
         import results_round2

@@ -277,8 +277,6 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
     """Run one round-2 stage (``a``: the parsed arguments of scripts/results.py)."""
     import results_round2_tables as tables
 
-    r1.PINS = r1.ROUND2_PINS
-
     methods = methods or list(GRID_METHODS)
     if a.stage == "fair-select":
         select(datasets, methods)

@@ -215,8 +215,8 @@ def test_resume_refuses_other_settings_and_saves_resolved_config(tmp_path):
     assert saved["data"]["size"] == [64, 64]  # the dataset's default size, resolved and saved
     assert saved["dataset"]["positive_class"] == 1 and saved["dataset"]["class_names"][1] == "object"
     (tmp_path / "r/summary.json").unlink()
-    with pytest.raises(ConfigError, match=r"method.r_max: 0.5 -> 0.3"):
-        train(tiny_cfg(tmp_path / "r", epochs=2, **{"data.size": None, "method.r_max": 0.3}), resume=True)
+    with pytest.raises(ConfigError, match=r"method.r_max: 0.3 -> 0.5"):
+        train(tiny_cfg(tmp_path / "r", epochs=2, **{"data.size": None, "method.r_max": 0.5}), resume=True)
     assert train(tiny_cfg(tmp_path / "r", epochs=2, **{"data.size": None}), resume=True)["epochs"] == 2
 
 

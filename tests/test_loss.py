@@ -66,13 +66,13 @@ def test_virtual_closed_form_equals_materialised_teacher(t):
 
 def test_one_hot_rate_zero_is_twice_ce():
     z, y = _batch(k=4)
-    out = DDSDLoss(4, confidence=1.0, schedule=0.0)(z, y)
+    out = DDSDLoss(4, confidence=1.0, temperature=1.0, kd_weight=1.0, schedule=0.0)(z, y)
     torch.testing.assert_close(out.loss, 2 * F.cross_entropy(z, y, ignore_index=255))
 
 
 def test_rate_zero_is_plain_pixel_kd():
     z, y = _batch(k=3, void=0.0)
-    out = DDSDLoss(3, confidence=0.9, schedule=0.0)(z, y)
+    out = DDSDLoss(3, confidence=0.9, temperature=1.0, kd_weight=1.0, schedule=0.0)(z, y)
     pt = torch.full((2, 3, 4, 5), 0.05).scatter_(1, y.unsqueeze(1), 0.9)
     kd = F.kl_div(F.log_softmax(z, 1), pt, reduction="none").sum(1).mean()
     torch.testing.assert_close(out.loss, F.cross_entropy(z, y) + kd)
@@ -161,7 +161,7 @@ def test_torch_compile_matches_eager():
 
 
 def test_step_feeds_capability_and_state_round_trip():
-    crit = DDSDLoss(2, schedule=Capability(momentum=0.0, r_max=0.9))
+    crit = DDSDLoss(2, schedule=Capability(momentum=0.0, r_max=0.9, relative=False))
     y = torch.zeros(1, 4, 4, dtype=torch.long)
     y[:, :, :1] = 1
     z = torch.zeros(1, 2, 4, 4)
@@ -173,7 +173,7 @@ def test_step_feeds_capability_and_state_round_trip():
     pix(z, y)
     pix.step()
     assert pix.schedule.capability == pytest.approx(0.75)
-    fresh = DDSDLoss(2, schedule=Capability(momentum=0.0, r_max=0.9))
+    fresh = DDSDLoss(2, schedule=Capability(momentum=0.0, r_max=0.9, relative=False))
     fresh.load_state_dict(crit.state_dict())
     assert fresh.rate == crit.rate and fresh(z, y).stats["rate"] == pytest.approx(0.5)
     crit.eval()
@@ -184,7 +184,7 @@ def test_step_feeds_capability_and_state_round_trip():
 
 def test_threshold_schedule_reports_measured_rate():
     z, y = _batch(k=3, void=0.0)
-    crit = DDSDLoss(3, schedule=Threshold(1.0), difficulty="kl")
+    crit = DDSDLoss(3, confidence=0.9, temperature=1.0, schedule=Threshold(1.0), difficulty="kl")
     out = crit(z, y)
     d = F.kl_div(
         F.log_softmax(z, 1), torch.full_like(z, 0.05).scatter_(1, y.unsqueeze(1), 0.9), reduction="none"

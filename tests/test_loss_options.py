@@ -57,7 +57,7 @@ def test_constant_difficulty_ties_index_drops_last_indices(difficulty):
     y = torch.randint(0, k, (2, 6, 5))
     b = (1 - a) / (k - 1)
     z = torch.full((2, k, 6, 5), math.log(b)).scatter_(1, y.unsqueeze(1), math.log(a))
-    crit = DDSDLoss(k, confidence=a, difficulty=difficulty, schedule=0.4, tie_break="index")
+    crit = DDSDLoss(k, confidence=a, temperature=1.0, difficulty=difficulty, schedule=0.4, tie_break="index")
     d, keep = crit.pixel_maps(z, y)
     assert d.abs().max() < 1e-5
     n_keep = 30 - math.floor(0.4 * 30)

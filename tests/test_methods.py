@@ -44,11 +44,12 @@ def test_kd_family_shares_confidence_temperature_weight():
 
 
 def test_tfkd_keys_override_for_tfkd_only():
-    m = MethodConfig(name="tfkd", tfkd_confidence=0.99, tfkd_temperature=4.0, tfkd_weight=0.25)
+    m = MethodConfig(name="tfkd", tfkd_confidence=0.9, tfkd_temperature=2.0, tfkd_weight=0.25)
     crit = build_criterion(m, 3, total_steps=10)
-    assert (crit.confidence, crit.temperature, crit.kd_weight) == (0.99, 4.0, 0.25)
+    assert (crit.confidence, crit.temperature, crit.kd_weight) == (0.9, 2.0, 0.25)
     kd = build_criterion(m.model_copy(update={"name": "kd"}), 3, total_steps=10)
-    assert (kd.confidence, kd.temperature, kd.kd_weight) == (0.9, 1.0, 1.0)
+    shared = (m.confidence, m.temperature, m.kd_weight)
+    assert (kd.confidence, kd.temperature, kd.kd_weight) == shared == (0.99, 4.0, 0.5)
 
 
 def test_dropout_options_reach_the_loss():

@@ -32,28 +32,34 @@ def _sets(cmd: list[str]) -> dict[str, str]:
     return dict(cmd[i + 1].split("=", 1) for i, c in enumerate(cmd) if c == "--set")
 
 
+def _pins(pins: dict[str, object]) -> dict[str, str]:
+    """The campaign defaults every command pins, as they appear on the command line."""
+    return {k: str(v) for k, v in pins.items()}
+
+
 def test_ablation_jobs_change_one_thing_and_skip_the_tuned_setting(results):
     jobs = results.ablation_jobs(["isbi2012_membrane"], [0, 1], TUNED)
     names = sorted({out.parent.name for _, out in jobs})
     assert "a=0.99" not in names  # the tuned setting itself: the grid's runs
     assert len(names) == len(results.ABLATIONS) - 1 and len(jobs) == 2 * len(names)
     by_name = {out.parent.name: _sets(cmd) for cmd, out in jobs}
-    assert by_name["schedule=constant"] == {"method.confidence": "0.99", "method.r_max": "0.3",
-                                            "method.schedule": "constant", "method.rate": "0.3"}
+    assert by_name["schedule=constant"] == {**_pins(results.ROUND1_PINS), "method.confidence": "0.99",
+                                            "method.r_max": "0.3", "method.schedule": "constant", "method.rate": "0.3"}
     assert by_name["a=0.7"]["method.confidence"] == "0.7" and by_name["a=0.7"]["method.r_max"] == "0.3"
     assert all("train.snapshots=4" not in cmd for cmd, _ in jobs)
 
 
 def test_teacher_jobs_drop_the_virtual_confidence_and_pass_the_teacher(results):
     first, second = results.teacher_jobs(["isbi2012_membrane"], [0], TUNED)
-    assert _sets(first[0][0]) == {"model.name": "unet_teacher", "train.channels_last": "true", "train.amp": "bf16"}
+    assert _sets(first[0][0]) == {**_pins(results.ROUND1_PINS), "model.name": "unet_teacher",
+                                  "train.channels_last": "true", "train.amp": "bf16"}
     assert "--method" in first[0][0]
-    for cmd, _ in second:
-        assert "method.confidence" not in _sets(cmd)
+    for cmd, _ in second:  # the tuned virtual confidence is not passed (only round 1's pinned default)
+        assert _sets(cmd)["method.confidence"] == str(results.ROUND1_PINS["method.confidence"])
         assert cmd[cmd.index("--teacher") + 1].endswith("teacher/seed0/checkpoints/best.pt")
         assert cmd[cmd.index("--teacher-cache") + 1].endswith(".cache/teacher-logits/isbi2012_membrane")
-    assert _sets(second[-1][0]) == {"method.r_max": "0.3", "train.teacher_channels_last": "true",
-                                    "train.teacher_amp": "bf16"}
+    assert _sets(second[-1][0]) == {**_pins(results.ROUND1_PINS), "method.r_max": "0.3",
+                                    "train.teacher_channels_last": "true", "train.teacher_amp": "bf16"}
     # method-major: every seed's first (cache-filling) run comes before any run that reuses its logits
     assert [out.parent.name for _, out in second] == ["kd", "static", "ddsd"]
 
@@ -152,7 +158,9 @@ def test_round2_phase_two_and_select_use_val_only(round2, capsys):
     _rc, cmds = run(capsys, "fair-tune", "--plan", "--datasets", "sod")
     assert len(cmds) == 3 + 2  # ddsd's own settings (r_max x kd_norm, minus the phase-1 one) and static's rates
     phase2 = [_sets(c) for c in cmds]
-    ddsd2 = [s for s in phase2 if "method.r_max" in s]
+    ddsd2 = [s for s in phase2 if "method.kd_norm" in s]
+    # every round-2 command pins the defaults round 2 ran with (the library's defaults changed afterwards)
+    assert all(_pins(results.ROUND2_PINS).items() <= {**s, "method.r_max": "0.5"}.items() for s in phase2)
     assert {(s["method.r_max"], s["method.kd_norm"]) for s in ddsd2} == {("0.3", "kept"), ("0.5", "valid"),
                                                                          ("0.3", "valid")}
     assert all(s["method.temperature"] == "4.0" and s["method.kd_weight"] == "0.5" for s in ddsd2)

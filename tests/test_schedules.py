@@ -42,7 +42,7 @@ def test_capability_rate_goes_down_as_accuracy_goes_up():
 
 
 def test_relative_capability_moves_a_low_accuracy_student_off_r_max():
-    absolute = Capability(r_max=0.5, momentum=0.0)
+    absolute = Capability(r_max=0.5, momentum=0.0, relative=False)
     relative = Capability(r_max=0.5, momentum=0.0, relative=True)
     for acc in (0.2, 0.3, 0.4):  # mean class accuracy stays below 0.5, as on 11-class CamVid
         absolute.step(acc)
@@ -64,7 +64,7 @@ def test_relative_capability_moves_a_low_accuracy_student_off_r_max():
 
 
 def test_capability_ema_formula():
-    s = Capability(beta=2.0, r_max=0.9, momentum=0.9)
+    s = Capability(beta=2.0, r_max=0.9, momentum=0.9, relative=False)
     s.step(0.5)
     s.step(0.8)
     c = 0.9 * 0.5 + 0.1 * 0.8
