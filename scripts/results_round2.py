@@ -67,7 +67,7 @@ STAGES = ("fair-tune", "fair-select", "fair-grid", "own", "controls", "strength"
 # ``transfer``: where a dataset's own fair tuning did not fit the CPU budget, its dropout's own effect and the
 # random-selection control run at the setting tuned on TRANSFER_FROM (labelled so in the table; not val-tuned)
 TRANSFER_FROM = "isbi2012_membrane"
-TRANSFER_ARMS = ("kd", "ddsd", "selection=random")
+TRANSFER_ARMS = ("kd", "ddsd", "selection=random", "selection=bernoulli")
 
 
 def root() -> Path:
@@ -259,7 +259,8 @@ def transfer_arms(tuned: dict) -> dict[str, tuple[str, dict]]:
     src = tuned[TRANSFER_FROM]
     ddsd = src["ddsd"]["overrides"]
     return {"kd": ("kd", src["kd"]["overrides"]), "ddsd": ("ddsd", ddsd),
-            "selection=random": ("ddsd", {**ddsd, "method.selection": "random"})}
+            "selection=random": ("ddsd", {**ddsd, "method.selection": "random"}),
+            "selection=bernoulli": ("ddsd", {**ddsd, "method.selection": "bernoulli"})}
 
 
 def transfer_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list:

@@ -191,8 +191,8 @@ def transfer_sections(datasets: list[str], tuned: dict) -> dict:
     for d in datasets:
         sections[f"{d} — the dropout's own effect"] = (d, {f"kd ({setting(arms['kd'][1])})": runs[d]["kd"],
                                                            ddsd: runs[d]["ddsd"]})
-        sections[f"{d} — random selection control"] = (d, {ddsd: runs[d]["ddsd"],
-                                                          "selection=random": runs[d]["selection=random"]})
+        controls = {arm: runs[d][arm] for arm in arms if arm.startswith("selection=")}
+        sections[f"{d} — selection controls"] = (d, {ddsd: runs[d]["ddsd"], **controls})
     return sections
 
 
@@ -298,7 +298,7 @@ def main(stage: str, datasets: list[str], tuned: dict) -> int:
                              control_sections(datasets, tuned),
                              "Each control drops the same share of pixels under the same rate schedule as ddsd.")
     if stage == "transfer-table":
-        return paired_tables("transfer", f"Round 2: kd vs ddsd vs random selection at {r2.TRANSFER_FROM}'s tuned "
+        return paired_tables("transfer", f"Round 2: kd vs ddsd vs selection controls at {r2.TRANSFER_FROM}'s tuned "
                              "setting", command, transfer_sections(datasets, tuned),
                              f"Not val-tuned on these datasets: every arm runs at the setting the fair tuning chose on "
                              f"{r2.TRANSFER_FROM} (the CPU budget did not fit their own tuning).")
