@@ -227,3 +227,47 @@ def test_bad_input_errors():
         DDSDLoss(4, confidence=0.2)
     unchecked = DDSDLoss(3, check_inputs=False)
     assert torch.isnan(unchecked(nan, y).loss)
+
+
+@pytest.mark.parametrize("kind", ["one_sided_kl", "kl", "target_gap", "l1"])
+@pytest.mark.parametrize("t,rate,scope,ce_on_dropped,kd_norm", [
+    (1.0, 0.0, "per_image", True, "kept"), (4.0, 0.3, "per_image", True, "kept"),
+    (2.0, 0.5, "per_batch", False, "valid"), (4.0, 0.7, "per_batch", True, "kept"),
+])
+def test_binary_fast_path_equals_general_path(kind, t, rate, scope, ce_on_dropped, kd_norm):
+    """K = 2 with the virtual teacher runs on the margin z_y - z_other ([B, H, W]); the general [B, K, H, W] path
+    gives the same loss, gradient, statistics, difficulty and mask (up to float rounding), and the reference."""
+    torch.manual_seed(1)
+    z = (3 * torch.randn(3, 2, 12, 10)).requires_grad_(True)
+    y = torch.randint(0, 2, (3, 12, 10))
+    y[torch.rand(3, 12, 10) < 0.1] = 255
+    got = []
+    for fast in (True, False):
+        crit = DDSDLoss(2, confidence=0.9, temperature=t, difficulty=kind, scope=scope, schedule=Constant(rate),
+                        ce_on_dropped=ce_on_dropped, kd_norm=kd_norm)
+        crit._binary_fast = fast
+        z.grad = None
+        out = crit(z, y)
+        out.loss.backward()
+        got.append((out.loss.detach(), z.grad.clone(), out.stats, *crit.pixel_maps(z, y)))
+    (loss, grad, stats, d, keep), (loss_g, grad_g, stats_g, d_g, keep_g) = got
+    torch.testing.assert_close(loss, loss_g, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, grad_g, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(d, d_g, rtol=1e-5, atol=1e-6)
+    assert torch.equal(keep, keep_g)
+    assert stats == pytest.approx(stats_g, rel=1e-5, abs=1e-6, nan_ok=True)
+    if ce_on_dropped and kd_norm == "kept":
+        crit = DDSDLoss(2, confidence=0.9, temperature=t, kd_weight=0.5, difficulty=kind, scope=scope,
+                        schedule=Constant(rate), tie_break="index")
+        expected, _ = ref_loss(z.detach(), y, 2, 0.9, rate, t=t, kd_weight=0.5, scope=scope, kind=kind)
+        torch.testing.assert_close(crit(z, y).loss.double(), torch.as_tensor(expected).double(), rtol=1e-5, atol=1e-6)
+
+
+def test_binary_fast_path_gradcheck():
+    torch.manual_seed(2)
+    z = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 2, (2, 4, 5))
+    y[0, 0, :2] = 255
+    crit = DDSDLoss(2, confidence=0.8, temperature=2.0, schedule=0.0)
+    assert crit._binary_path(None)
+    assert torch.autograd.gradcheck(lambda x: crit._forward(x, y, None).loss, (z,), eps=1e-6, atol=1e-5)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PixelTerms", "pixel_terms", "weighted_loss"]
+__all__ = ["BinaryTerms", "PixelTerms", "binary_terms", "binary_weighted_loss", "pixel_terms", "weighted_loss"]
 
 
 class PixelTerms(NamedTuple):
@@ -127,3 +127,73 @@ def weighted_loss(
     a_minus_b, b = (0.0, 0.0) if virtual is None else (virtual[0] - virtual[1], virtual[1])
     log_q = None if t == 1.0 else terms.log_q  # the same tensor twice would break torch.compile's tracing
     return _WeightedLoss.apply(z, value, terms.log_p, log_q, terms.log_pt, y0, alpha, gamma, lam, t, a_minus_b, b)
+
+
+# -- K = 2, virtual teacher: everything is a function of the signed margin m = z_y - z_other per pixel ----------
+
+
+class BinaryTerms(NamedTuple):
+    """Per-pixel ``[B, H, W]`` tensors of the binary fast path (no gradient): ``is_one`` (bool, target == 1),
+    ``sign`` (+1 where the class id is 1, else -1), ``m = sign (z_1 - z_0)`` the target-class margin,
+    ``lp_y = log p(y) = log sigmoid(m)``, ``lq_y = log q(y) = log sigmoid(m / T)`` (the same tensor at T = 1)
+    and the virtual-teacher ``kl``."""
+
+    is_one: Tensor
+    sign: Tensor
+    m: Tensor
+    lp_y: Tensor
+    lq_y: Tensor
+    kl: Tensor
+
+
+@torch.no_grad()
+def binary_terms(z: Tensor, target: Tensor, t: float, virtual: tuple[float, float, float]) -> BinaryTerms:
+    """:func:`pixel_terms` for ``K = 2`` and the virtual teacher ``(a, b = 1 - a)``, on ``[B, H, W]`` only.
+
+    With ``u = m / T``: ``log q(other) = log q(y) - u``, so ``sum_k log q(k) = 2 log q(y) - u`` and the closed
+    form ``sum p_t log p_t - (a - b) log q(y) - b sum_k log q(k)`` becomes ``sum p_t log p_t - log q(y) + b u``
+    (``a + b = 1``). ``z``: float32 ``[B, 2, H, W]``; ``target``: ``[B, H, W]`` class ids (void pixels count as
+    class 0 here: their weights are 0)."""
+    z = z.detach()
+    is_one = target == 1
+    sign = is_one.to(z.dtype).mul_(2.0).sub_(1.0)
+    m = torch.sub(z[:, 1], z[:, 0]).mul_(sign)
+    lp_y = F.logsigmoid(m)
+    lq_y = lp_y if t == 1.0 else F.logsigmoid(m / t)
+    _, b, neg_entropy = virtual
+    kl = torch.mul(m, b / t).sub_(lq_y).add_(neg_entropy)
+    return BinaryTerms(is_one, sign, m, lp_y, lq_y, kl)
+
+
+class _BinaryWeightedLoss(torch.autograd.Function):
+    """Returns the precomputed value; the backward writes ``+-dL/dz_y`` on the two channels.
+
+    ``dL/dz_y = alpha (p_y - 1) + (beta / T) (q_y - a)`` with ``p_y = sigmoid(m)``, ``q_y = sigmoid(m / T)``,
+    and ``dL/dz_other = -dL/dz_y`` (both gradients of the general case sum to 0 over the classes)."""
+
+    @staticmethod
+    def forward(ctx, z, value, sign, m, alpha, gamma, lam, t, a):
+        ctx.save_for_backward(sign, m, alpha, gamma)
+        ctx.consts = (lam, t, a)
+        return value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        sign, m, alpha, gamma = ctx.saved_tensors
+        lam, t, a = ctx.consts
+        c = g * (lam / t)
+        gamma = alpha if gamma is None else gamma
+        g_y = torch.neg(m).sigmoid_().mul_(alpha).mul_(-g)  # alpha (p_y - 1) g
+        q = torch.sigmoid(m) if t == 1.0 else torch.mul(m, 1.0 / t).sigmoid_()
+        g_y.addcmul_(q.sub_(a), gamma * c).mul_(sign)  # gradient on z_1
+        return torch.stack([torch.neg(g_y), g_y], 1), None, None, None, None, None, None, None, None
+
+
+def binary_weighted_loss(
+    z: Tensor, value: Tensor, terms: BinaryTerms, alpha: Tensor, gamma: Tensor | None, lam: float, t: float, a: float
+) -> Tensor:
+    """:func:`weighted_loss` of the binary fast path (``a`` the virtual teacher's confidence)."""
+    if not z.requires_grad:
+        return value
+    return _BinaryWeightedLoss.apply(z, value, terms.sign, terms.m, alpha, gamma, lam, t, a)
