@@ -159,9 +159,10 @@ def binary_terms(z: Tensor, target: Tensor, t: float, virtual: tuple[float, floa
     sign = is_one.to(z.dtype).mul_(2.0).sub_(1.0)
     m = torch.sub(z[:, 1], z[:, 0]).mul_(sign)
     lp_y = F.logsigmoid(m)
-    lq_y = lp_y if t == 1.0 else F.logsigmoid(m / t)
+    u = torch.div(m, t)
+    lq_y = lp_y if t == 1.0 else F.logsigmoid(u)
     _, b, neg_entropy = virtual
-    kl = torch.mul(m, b / t).sub_(lq_y).add_(neg_entropy)
+    kl = u.mul_(b).sub_(lq_y).add_(neg_entropy)  # in place on u: one fresh [B, H, W] allocation less
     return BinaryTerms(is_one, sign, m, lp_y, lq_y, kl)
 
 
@@ -184,10 +185,13 @@ class _BinaryWeightedLoss(torch.autograd.Function):
         lam, t, a = ctx.consts
         c = g * (lam / t)
         gamma = alpha if gamma is None else gamma
-        g_y = torch.neg(m).sigmoid_().mul_(alpha).mul_(-g)  # alpha (p_y - 1) g
+        # written into the output's channels (out=, in place): every fresh [B, H, W] tensor costs its page faults
+        grad = torch.empty((m.shape[0], 2, *m.shape[1:]), dtype=m.dtype, device=m.device)
+        g_1 = torch.neg(m, out=grad[:, 1]).sigmoid_().mul_(alpha).mul_(-g)  # alpha (p_y - 1) g
         q = torch.sigmoid(m) if t == 1.0 else torch.mul(m, 1.0 / t).sigmoid_()
-        g_y.addcmul_(q.sub_(a), gamma * c).mul_(sign)  # gradient on z_1
-        return torch.stack([torch.neg(g_y), g_y], 1), None, None, None, None, None, None, None, None
+        g_1.add_(q.sub_(a).mul_(gamma).mul_(c)).mul_(sign)  # dL/dz_y times sign: the gradient on z_1
+        torch.neg(g_1, out=grad[:, 0])
+        return grad, None, None, None, None, None, None, None, None
 
 
 def binary_weighted_loss(

@@ -30,6 +30,7 @@ __all__ = [
     "index_bits",
     "kth_smallest",
     "nonneg_float_key",
+    "row_counts",
     "seed_offset",
     "smallest_keep_eager",
 ]
@@ -173,6 +174,14 @@ def _kth_among(keys: Tensor, low: Tensor, shift: int, rem: Tensor, counts: Tenso
     return packed.sort(1).values.gather(1, (rem - 1).clamp(0, width - 1)).squeeze(1)
 
 
+def row_counts(mask: Tensor) -> Tensor:
+    """``[R]`` int64 number of True entries per row of a bool ``[R, n]`` mask: for a few rows one
+    ``count_nonzero`` per row (``count_nonzero(dim=1)`` first converts the whole mask to int64)."""
+    if mask.shape[0] > 8:
+        return torch.count_nonzero(mask, dim=1)
+    return torch.stack([torch.count_nonzero(row) for row in mask])
+
+
 def smallest_keep_eager(d: Tensor, valid: Tensor, k: Tensor, priorities: Callable[[], Tensor]) -> Tensor:
     """Eager (host syncs) keep mask of the ``k[r]`` valid entries of each row of ``d`` with the smallest values,
     ties ordered by ``priorities()`` (``[R, n]`` int64, distinct per row; smaller kept first, only built when a
@@ -205,11 +214,11 @@ def smallest_keep_eager(d: Tensor, valid: Tensor, k: Tensor, priorities: Callabl
         thresholds.append(values.kthvalue(rr).values if kr > 0 else d.new_tensor(float("-inf")))
     thr = torch.stack(thresholds).unsqueeze(1)
     keep = valid & (d <= thr)
-    over = (torch.count_nonzero(keep, dim=1) > k).tolist()
+    over = (row_counts(keep) > k).tolist()
     if any(over):  # a tie at the threshold: keep the tied entries with the smallest priorities
         prio = priorities()
         below = valid & (d < thr)
-        need = (k - torch.count_nonzero(below, dim=1)).tolist()
+        need = (k - row_counts(below)).tolist()
         for r in (r for r, o in enumerate(over) if o):
             tie = valid[r] & (d[r] == thr[r])
             cut = prio[r].masked_select(tie).kthvalue(need[r]).values

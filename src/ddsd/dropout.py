@@ -37,6 +37,7 @@ from ddsd._select import (
     index_bits,
     kth_smallest,
     nonneg_float_key,
+    row_counts,
     seed_offset,
     smallest_keep_eager,
 )
@@ -214,7 +215,7 @@ def select_keep(
     n = d.shape[1]
     m = index_bits(n)
     if allow_sync and nonneg and selection == "hardest" and d.dtype == torch.float32:
-        k = keep_counts(torch.count_nonzero(v, dim=1), rate)
+        k = keep_counts(row_counts(v), rate)
         keep = smallest_keep_eager(
             d.contiguous(), v, k, lambda: tie_priorities(rows, n, tie_break, seed, counter, d.device)
         )
