@@ -271,3 +271,15 @@ def test_binary_fast_path_gradcheck():
     crit = DDSDLoss(2, confidence=0.8, temperature=2.0, schedule=0.0)
     assert crit._binary_path(None)
     assert torch.autograd.gradcheck(lambda x: crit._forward(x, y, None).loss, (z,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [2, -1, 254])
+def test_binary_fast_path_rejects_bad_target_values(bad):
+    z, y = _batch(k=2)
+    y[0, 1, 2] = bad
+    with pytest.raises(ValueError, match=f"target holds value {bad}"):
+        DDSDLoss(2)(z, y)
+    with pytest.raises(ValueError, match=f"target holds value {bad}"):
+        DDSDLoss(2).pixel_maps(z, y)
+    y[0, 1, 2] = 255
+    assert torch.isfinite(DDSDLoss(2)(z, y).loss)

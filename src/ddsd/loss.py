@@ -260,7 +260,15 @@ class DDSDLoss(nn.Module):
                 raise ValueError(f"teacher_logits batch {teacher_logits.shape[0]} != student batch {bsz}")
         if not self.check_inputs:
             return target.long()
-        return check_target(target, bsz, h, w, k, self.ignore_index)
+        # the binary path checks the values from its own masks (_check_binary_values): a few counts, no min / max
+        return check_target(target, bsz, h, w, k, self.ignore_index, values=not self._binary_path(teacher_logits))
+
+    def _check_binary_values(self, target: Tensor, valid: Tensor, is_one: Tensor) -> None:
+        """Every valid (non-void) pixel is 0 or 1: ``#{0} + #{1} == #{valid}`` (one host sync); otherwise the full
+        :func:`~ddsd._checks.check_target` names the offending value."""
+        zeros = torch.count_nonzero(target == 0)
+        if int(zeros + torch.count_nonzero(is_one) - torch.count_nonzero(valid)) != 0:
+            check_target(target, *target.shape, 2, self.ignore_index)
 
     def forward(
         self, student_logits: Tensor, target: Tensor, teacher_logits: Tensor | None = None
@@ -306,6 +314,8 @@ class DDSDLoss(nn.Module):
         valid = target != self.ignore_index
         if self._binary_path(teacher_logits):
             y0, terms, lpt_y = None, binary_terms(z, target, t, self._virtual), math.log(self._virtual[0])
+            if self.check_inputs:
+                self._check_binary_values(target, valid, terms.is_one)
         else:
             y0 = target.clamp(0, self.num_classes - 1).unsqueeze(1)  # [B, 1, H, W]; void pixels: any class id
             log_pt = None if teacher_logits is None else teacher_log_probs(teacher_logits, tuple(z.shape[-2:]), t)
