@@ -188,7 +188,7 @@ class _BinaryWeightedLoss(torch.autograd.Function):
         # written into the output's channels (out=, in place): every fresh [B, H, W] tensor costs its page faults
         grad = torch.empty((m.shape[0], 2, *m.shape[1:]), dtype=m.dtype, device=m.device)
         g_1 = torch.neg(m, out=grad[:, 1]).sigmoid_().mul_(alpha).mul_(-g)  # alpha (p_y - 1) g
-        q = torch.sigmoid(m) if t == 1.0 else torch.mul(m, 1.0 / t).sigmoid_()
+        q = torch.mul(m, 1.0 / t, out=grad[:, 0]).sigmoid_()  # channel 0 as scratch space until the last line
         g_1.add_(q.sub_(a).mul_(gamma).mul_(c)).mul_(sign)  # dL/dz_y times sign: the gradient on z_1
         torch.neg(g_1, out=grad[:, 0])
         return grad, None, None, None, None, None, None, None, None

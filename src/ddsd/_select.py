@@ -207,7 +207,7 @@ def smallest_keep_eager(d: Tensor, valid: Tensor, k: Tensor, priorities: Callabl
     rank = rank - torch.where(bucket > 0, cum.gather(1, (bucket - 1).clamp(min=0)), 0)
     if rows > 1:
         bucket += torch.arange(rows, device=d.device).unsqueeze(1) * nbins
-    cand = idx == bucket
+    cand = idx == bucket.to(torch.int32)  # (an int64 operand would promote, i.e. copy, the int32 buckets)
     thresholds = []
     for r, (kr, rr) in enumerate(zip(k.tolist(), rank.view(-1).tolist(), strict=True)):
         values = d[r].masked_select(cand[r]) if kr > 0 else d.new_empty(0)
