@@ -346,9 +346,9 @@ class DDSDLoss(nn.Module):
         n_keep = n_valid if keep is valid else torch.count_nonzero(keep)
         ce_mask, ce_n = (valid, n_valid) if self.ce_on_dropped else (keep, n_keep)
         kd_n = n_keep if self.kd_norm == "kept" else n_valid
-        alpha = ce_mask.to(z.dtype).div_(ce_n.clamp_min(1))  # CE weight per pixel
+        alpha = torch.div(ce_mask, ce_n.clamp_min(1).to(z.dtype))  # CE weight per pixel (one pass: no bool copy)
         # KD weight per pixel (the same tensor when the masks and counts agree, e.g. rate 0: one allocation less)
-        gamma = None if keep is ce_mask and kd_n is ce_n else keep.to(z.dtype).div_(kd_n.clamp_min(1))
+        gamma = None if keep is ce_mask and kd_n is ce_n else torch.div(keep, kd_n.clamp_min(1).to(z.dtype))
         ce = -torch.dot(alpha.reshape(-1), terms.lp_y.reshape(-1))
         kd = torch.dot((alpha if gamma is None else gamma).reshape(-1), terms.kl.reshape(-1))
         lam = self.kd_weight * t * t
