@@ -185,6 +185,9 @@ class _BinaryWeightedLoss(torch.autograd.Function):
         lam, t, a = ctx.consts
         c = g * (lam / t)
         gamma = alpha if gamma is None else gamma
+        if torch.compiler.is_compiling():  # out= into a channel slice does not trace; the compiler fuses anyway
+            g_1 = (torch.sigmoid(-m) * alpha * -g + (torch.sigmoid(m / t) - a) * gamma * c) * sign
+            return torch.stack([-g_1, g_1], 1), None, None, None, None, None, None, None, None
         # written into the output's channels (out=, in place): every fresh [B, H, W] tensor costs its page faults
         grad = torch.empty((m.shape[0], 2, *m.shape[1:]), dtype=m.dtype, device=m.device)
         g_1 = torch.neg(m, out=grad[:, 1]).sigmoid_().mul_(alpha).mul_(-g)  # alpha (p_y - 1) g
