@@ -21,7 +21,8 @@ def _batch(bsz=2, k=3, h=4, w=5, void=0.2, dtype=torch.float32):
 @pytest.mark.parametrize("kind", ["one_sided_kl", "kl", "target_gap", "l1"])
 def test_loss_matches_reference_virtual_teacher(rate, scope, kind):
     z, y = _batch()
-    crit = DDSDLoss(3, confidence=0.8, difficulty=kind, scope=scope, schedule=Constant(rate), tie_break="index")
+    crit = DDSDLoss(3, confidence=0.8, difficulty=kind, scope=scope, schedule=Constant(rate), tie_break="index",
+                    temperature=1.0, kd_weight=1.0)
     expected, keep = ref_loss(z, y, 3, 0.8, rate, scope=scope, kind=kind)
     out = crit(z, y)
     torch.testing.assert_close(
@@ -52,10 +53,10 @@ def test_virtual_closed_form_equals_materialised_teacher(t):
     z, y = _batch(k=5, h=6, w=6)
     from ddsd import virtual_teacher
 
-    crit = DDSDLoss(5, confidence=0.75, temperature=t, schedule=0.0)
+    crit = DDSDLoss(5, confidence=0.75, temperature=t, kd_weight=1.0, schedule=0.0)
     pt = virtual_teacher(y, 5, 0.75)
     # the same loss through the network-teacher path with log-probabilities log(pt) as "logits" (T=1 there)
-    crit_net = DDSDLoss(5, temperature=1.0, schedule=0.0)
+    crit_net = DDSDLoss(5, temperature=1.0, kd_weight=1.0, schedule=0.0)
     if t == 1.0:
         torch.testing.assert_close(crit(z, y).loss, crit_net(z, y, pt.log()).loss, rtol=1e-5, atol=1e-6)
     expected, _ = ref_loss(z, y, 5, 0.75, 0.0, t=t)
@@ -66,13 +67,13 @@ def test_virtual_closed_form_equals_materialised_teacher(t):
 
 def test_one_hot_rate_zero_is_twice_ce():
     z, y = _batch(k=4)
-    out = DDSDLoss(4, confidence=1.0, schedule=0.0)(z, y)
+    out = DDSDLoss(4, confidence=1.0, temperature=1.0, kd_weight=1.0, schedule=0.0)(z, y)
     torch.testing.assert_close(out.loss, 2 * F.cross_entropy(z, y, ignore_index=255))
 
 
 def test_rate_zero_is_plain_pixel_kd():
     z, y = _batch(k=3, void=0.0)
-    out = DDSDLoss(3, confidence=0.9, schedule=0.0)(z, y)
+    out = DDSDLoss(3, confidence=0.9, temperature=1.0, kd_weight=1.0, schedule=0.0)(z, y)
     pt = torch.full((2, 3, 4, 5), 0.05).scatter_(1, y.unsqueeze(1), 0.9)
     kd = F.kl_div(F.log_softmax(z, 1), pt, reduction="none").sum(1).mean()
     torch.testing.assert_close(out.loss, F.cross_entropy(z, y) + kd)
@@ -161,7 +162,7 @@ def test_torch_compile_matches_eager():
 
 
 def test_step_feeds_capability_and_state_round_trip():
-    crit = DDSDLoss(2, schedule=Capability(momentum=0.0, r_max=0.9))
+    crit = DDSDLoss(2, schedule=Capability(momentum=0.0, r_max=0.9, relative=False))
     y = torch.zeros(1, 4, 4, dtype=torch.long)
     y[:, :, :1] = 1
     z = torch.zeros(1, 2, 4, 4)
@@ -169,11 +170,11 @@ def test_step_feeds_capability_and_state_round_trip():
     crit(z, y)
     crit.step()
     assert crit.schedule.capability == pytest.approx(0.5) and crit.rate == pytest.approx(0.5)
-    pix = DDSDLoss(2, schedule=Capability(momentum=0.0, metric="pixel_acc"))
+    pix = DDSDLoss(2, schedule=Capability(momentum=0.0, metric="pixel_acc", relative=False))
     pix(z, y)
     pix.step()
     assert pix.schedule.capability == pytest.approx(0.75)
-    fresh = DDSDLoss(2, schedule=Capability(momentum=0.0, r_max=0.9))
+    fresh = DDSDLoss(2, schedule=Capability(momentum=0.0, r_max=0.9, relative=False))
     fresh.load_state_dict(crit.state_dict())
     assert fresh.rate == crit.rate and fresh(z, y).stats["rate"] == pytest.approx(0.5)
     crit.eval()
@@ -184,7 +185,7 @@ def test_step_feeds_capability_and_state_round_trip():
 
 def test_threshold_schedule_reports_measured_rate():
     z, y = _batch(k=3, void=0.0)
-    crit = DDSDLoss(3, schedule=Threshold(1.0), difficulty="kl")
+    crit = DDSDLoss(3, confidence=0.9, temperature=1.0, schedule=Threshold(1.0), difficulty="kl")
     out = crit(z, y)
     d = F.kl_div(
         F.log_softmax(z, 1), torch.full_like(z, 0.05).scatter_(1, y.unsqueeze(1), 0.9), reduction="none"
