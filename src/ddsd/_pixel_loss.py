@@ -42,6 +42,32 @@ class PixelTerms(NamedTuple):
     log_pt: Tensor | None
 
 
+def _per_image(z: Tensor) -> bool:
+    """Work one image at a time (eager, batch > 1): a full-size temporary costs its page faults on CPU, a
+    per-image one is reused by the allocator (measured on 8 x 11 x 360 x 480: 65 -> 41 ms for the T != 1
+    log-softmax, 84 -> 55 ms for the T != 1 backward)."""
+    return z.shape[0] > 1 and not torch.compiler.is_compiling()
+
+
+def _scaled_log_softmax(z: Tensor, t: float) -> Tensor:
+    """``log_softmax(z / T)`` over dim 1 of ``[B, K, H, W]``."""
+    if not _per_image(z):
+        return F.log_softmax(z / t, dim=1)
+    out = torch.empty_like(z)
+    for i in range(z.shape[0]):
+        torch.log_softmax(z[i] / t, 0, out=out[i])
+    return out
+
+
+def _add_exp_times(grad: Tensor, log_q: Tensor, w: Tensor, value: float = 1.0) -> Tensor:
+    """``grad += value * exp(log_q) * w`` in place (``w`` ``[B, 1, H, W]``)."""
+    if not _per_image(grad):
+        return grad.addcmul_(log_q.exp(), w, value=value)
+    for i in range(grad.shape[0]):
+        grad[i].addcmul_(log_q[i].exp(), w[i], value=value)
+    return grad
+
+
 @torch.no_grad()
 def pixel_terms(
     z: Tensor, y0: Tensor, t: float, virtual: tuple[float, float, float] | None, log_pt: Tensor | None
@@ -52,7 +78,7 @@ def pixel_terms(
     z = z.detach()
     log_p = F.log_softmax(z, dim=1)
     lp_y = log_p.gather(1, y0).squeeze(1)
-    log_q = log_p if t == 1.0 else F.log_softmax(z / t, dim=1)
+    log_q = log_p if t == 1.0 else _scaled_log_softmax(z, t)
     lq_y = lp_y if t == 1.0 else log_q.gather(1, y0).squeeze(1)
     if log_pt is None:
         a, b, neg_entropy = virtual
@@ -95,9 +121,9 @@ class _WeightedLoss(torch.autograd.Function):
             if t == 1.0:
                 grad = log_p.exp().mul_(ga + gb)
             else:
-                grad = log_p.exp().mul_(ga).addcmul_(log_q.exp(), gb)
+                grad = _add_exp_times(log_p.exp().mul_(ga), log_q, gb)
             if log_pt is not None:
-                grad.addcmul_(log_pt.exp(), gb, value=-1.0)
+                _add_exp_times(grad, log_pt, gb, value=-1.0)
                 at_y = ga.squeeze(1).clone()
             else:
                 if b > 0:
