@@ -299,3 +299,24 @@ def test_binary_fast_path_fullgraph_compile_matches_eager():
         torch.testing.assert_close(comp, eager)
         torch.testing.assert_close(comp_grad, grad)
         crit.step()
+
+
+@pytest.mark.parametrize("confidence", [0.8, 1.0])
+def test_virtual_t_not_one_without_log_q_equals_stored_log_q(confidence):
+    """At T != 1 the virtual-teacher terms come from logsumexp(z / T) (no [B, K, H, W] log q) and the backward
+    recomputes q image by image: the same terms as from a stored log_softmax(z / T), and a correct gradient."""
+    from ddsd._pixel_loss import pixel_terms
+    from ddsd.teacher import virtual_teacher_values
+
+    z, y = _batch(bsz=3, k=4, h=5, w=6)
+    y0 = y.clamp(0, 3).unsqueeze(1)
+    virtual = virtual_teacher_values(confidence, 4)
+    lean = pixel_terms(z, y0, 3.0, virtual, None, keep_log_q=False)
+    full = pixel_terms(z, y0, 3.0, virtual, None, keep_log_q=True)
+    assert lean.log_q is None and lean.lse_t is not None
+    torch.testing.assert_close(lean.lq_y, full.lq_y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lean.kl, full.kl, rtol=1e-5, atol=1e-6)
+    z64 = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+    y64 = torch.randint(0, 3, (2, 3, 4))
+    crit = DDSDLoss(3, confidence=confidence, temperature=2.5, kd_weight=0.7, schedule=0.3)
+    assert torch.autograd.gradcheck(lambda x: crit._forward(x, y64, None).loss, (z64,), eps=1e-6, atol=1e-5)

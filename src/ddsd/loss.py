@@ -319,7 +319,7 @@ class DDSDLoss(nn.Module):
         else:
             y0 = target.clamp(0, self.num_classes - 1).unsqueeze(1)  # [B, 1, H, W]; void pixels: any class id
             log_pt = None if teacher_logits is None else teacher_log_probs(teacher_logits, tuple(z.shape[-2:]), t)
-            terms = pixel_terms(z, y0, t, self._virtual, log_pt)
+            terms = pixel_terms(z, y0, t, self._virtual, log_pt, keep_log_q=self.difficulty == "l1")
             lpt_y = math.log(self._virtual[0]) if log_pt is None else log_pt.gather(1, y0).squeeze(1)
         d = self._difficulty(terms, lpt_y, valid)
         if isinstance(self.schedule, Threshold):
