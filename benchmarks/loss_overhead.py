@@ -2,8 +2,10 @@
 
     python benchmarks/loss_overhead.py [--repeats 9] [--device cpu|cuda] [--threads 1]
                                        [--shapes 8x11x360x480,4x2x256x256] [--clock thread|wall] [--no-compile]
+                                       [--temperature T]
 
-Variants (the same student logits, ~5 % void pixels, virtual teacher a = 0.99, T = 1):
+Variants (the same student logits, ~5 % void pixels, virtual teacher a = 0.99, the loss's default T = 4 and
+kd_weight unless --temperature is given):
   ce             F.cross_entropy(ignore_index=255)
   kd-naive       CE + textbook pixel KD: the teacher tensor [B,K,H,W] materialised, F.kl_div over valid pixels
   kd             DDSDLoss at a constant rate 0 (the `kd` method: no selection)
@@ -46,9 +48,10 @@ def kd_naive(z, y, k):
     return F.cross_entropy(z, y, ignore_index=255) + (kl * valid).sum() / valid.sum().clamp_min(1)
 
 
-def make_variants(k, device, compiled=True):
-    kd = DDSDLoss(k, confidence=A, schedule=Constant(0.0)).to(device)
-    ddsd = DDSDLoss(k, confidence=A, schedule=Constant(RATE)).to(device)
+def make_variants(k, device, compiled=True, t=None):
+    opts = {} if t is None else {"temperature": t}
+    kd = DDSDLoss(k, confidence=A, schedule=Constant(0.0), **opts).to(device)
+    ddsd = DDSDLoss(k, confidence=A, schedule=Constant(RATE), **opts).to(device)
     out = {
         "ce": lambda z, y: F.cross_entropy(z, y, ignore_index=255),
         "kd-naive": lambda z, y: kd_naive(z, y, k),
@@ -56,7 +59,7 @@ def make_variants(k, device, compiled=True):
         "ddsd": lambda z, y: ddsd(z, y).loss,
     }
     if compiled:
-        fast = DDSDLoss(k, confidence=A, schedule=Constant(RATE), check_inputs=False).to(device)
+        fast = DDSDLoss(k, confidence=A, schedule=Constant(RATE), check_inputs=False, **opts).to(device)
         out["ddsd-compiled"] = torch.compile(lambda z, y: fast(z, y).loss, fullgraph=True)
     return out
 
@@ -109,13 +112,15 @@ def make_inputs(shape, device):
 def peak_in_subprocess(shape_text, variant, args):
     cmd = [sys.executable, __file__, "--device", args.device, "--shapes", shape_text, "--_memory-of", variant,
            "--threads", str(args.threads)]
+    if args.temperature is not None:
+        cmd += ["--temperature", str(args.temperature)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def bench(shape, shape_text, device, args, clock):
     z, y = make_inputs(shape, device)
-    variants = make_variants(shape[1], device, compiled=not args.no_compile)
+    variants = make_variants(shape[1], device, compiled=not args.no_compile, t=args.temperature)
     for fn in variants.values():  # warm-up (and compilation)
         run_once(fn, z, y, device, clock)
         run_once(fn, z, y, device, clock)
@@ -176,6 +181,7 @@ def main():
     p.add_argument("--shapes", default="8x11x360x480,4x2x256x256")
     p.add_argument("--clock", choices=["thread", "wall"], default=None, help="default: thread on CPU, wall on CUDA")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled variant and the fullgraph check")
+    p.add_argument("--temperature", type=float, default=None, help="KD temperature (default: DDSDLoss's)")
     p.add_argument("--_memory-of", dest="memory_of", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -183,7 +189,7 @@ def main():
     if args.memory_of:  # child process: one variant's peak memory
         shape = tuple(int(v) for v in args.shapes.split("x"))
         z, y = make_inputs(shape, device)
-        fn = make_variants(shape[1], device, compiled=False)[args.memory_of]
+        fn = make_variants(shape[1], device, compiled=False, t=args.temperature)[args.memory_of]
         fn(z, y).backward()  # first call: allocator warm-up, lazy inits
         print(peak_mb(fn, z, y, device))
         return
@@ -191,7 +197,8 @@ def main():
     clock = time.perf_counter if clock_name == "wall" else time.thread_time
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"clock {clock_name}, repeats {args.repeats}, a = {A}, ddsd rate {RATE}")
+          f"clock {clock_name}, repeats {args.repeats}, a = {A}, ddsd rate {RATE}, "
+          f"T = {args.temperature or DDSDLoss(2).temperature}")
     print("| shape | variant | fwd+bwd ms (median) | / ce | / ce (paired median) | peak MB | mem / kd |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for s in args.shapes.split(","):

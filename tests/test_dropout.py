@@ -140,3 +140,31 @@ def test_sync_free_and_compacting_selection_agree_on_large_inputs(levels, scope)
         n = valid.sum((1, 2)) if scope == "per_image" else valid.sum().view(1)
         kept = a.sum((1, 2)) if scope == "per_image" else a.sum().view(1)
         assert kept.tolist() == (n - (rate * n).floor().long()).tolist()
+
+
+@pytest.mark.parametrize("scope", ["per_image", "per_batch"])
+@pytest.mark.parametrize("tie_break", ["random", "index"])
+@pytest.mark.parametrize("rate", [0.0, 0.3, 0.75])
+@pytest.mark.parametrize("levels", [3, 50, 0])
+def test_eager_smallest_keep_equals_radix_and_reference(scope, tie_break, rate, levels):
+    """The eager selection on d's float bits (allow_sync, non-negative difficulties) keeps the same pixels as the
+    sync-free radix select on the composite keys and as the loop reference, with heavy ties (a few difficulty
+    levels, a large zero class, -0.0), void pixels and an all-void image."""
+    from ddsd.dropout import select_keep
+
+    g = torch.Generator().manual_seed(levels + int(100 * rate))
+    d = torch.rand(3, 17, 23, generator=g)
+    if levels:
+        d = (d * levels).floor() / levels  # ties; levels=3: a third of the pixels at 0
+    d[0, 0, :5] = -0.0
+    d[1, 2:4] = 1e-30  # tiny values share the lowest buckets
+    valid = torch.rand(3, 17, 23, generator=g) > 0.15
+    valid[2] = False
+    d[~valid] = 7.0  # arbitrary values at void pixels are never kept
+    c = torch.tensor(5)
+    fast = select_keep(d, valid, rate, scope, "hardest", tie_break, 3, c, nonneg=True, allow_sync=True)
+    radix = select_keep(d, valid, rate, scope, "hardest", tie_break, 3, c, nonneg=True, allow_sync=False)
+    assert torch.equal(fast, radix)
+    rows, n = (3, 17 * 23) if scope == "per_image" else (1, 3 * 17 * 23)
+    pri = tie_priorities(rows, n, tie_break, 3, c)
+    assert torch.equal(fast, ref_keep_mask(d.clamp(min=0.0), valid, rate, scope, "hardest", pri))

@@ -21,7 +21,8 @@ def _batch(bsz=2, k=3, h=4, w=5, void=0.2, dtype=torch.float32):
 @pytest.mark.parametrize("kind", ["one_sided_kl", "kl", "target_gap", "l1"])
 def test_loss_matches_reference_virtual_teacher(rate, scope, kind):
     z, y = _batch()
-    crit = DDSDLoss(3, confidence=0.8, difficulty=kind, scope=scope, schedule=Constant(rate), tie_break="index")
+    crit = DDSDLoss(3, confidence=0.8, difficulty=kind, scope=scope, schedule=Constant(rate), tie_break="index",
+                    temperature=1.0, kd_weight=1.0)
     expected, keep = ref_loss(z, y, 3, 0.8, rate, scope=scope, kind=kind)
     out = crit(z, y)
     torch.testing.assert_close(
@@ -52,10 +53,10 @@ def test_virtual_closed_form_equals_materialised_teacher(t):
     z, y = _batch(k=5, h=6, w=6)
     from ddsd import virtual_teacher
 
-    crit = DDSDLoss(5, confidence=0.75, temperature=t, schedule=0.0)
+    crit = DDSDLoss(5, confidence=0.75, temperature=t, kd_weight=1.0, schedule=0.0)
     pt = virtual_teacher(y, 5, 0.75)
     # the same loss through the network-teacher path with log-probabilities log(pt) as "logits" (T=1 there)
-    crit_net = DDSDLoss(5, temperature=1.0, schedule=0.0)
+    crit_net = DDSDLoss(5, temperature=1.0, kd_weight=1.0, schedule=0.0)
     if t == 1.0:
         torch.testing.assert_close(crit(z, y).loss, crit_net(z, y, pt.log()).loss, rtol=1e-5, atol=1e-6)
     expected, _ = ref_loss(z, y, 5, 0.75, 0.0, t=t)
@@ -169,7 +170,7 @@ def test_step_feeds_capability_and_state_round_trip():
     crit(z, y)
     crit.step()
     assert crit.schedule.capability == pytest.approx(0.5) and crit.rate == pytest.approx(0.5)
-    pix = DDSDLoss(2, schedule=Capability(momentum=0.0, metric="pixel_acc"))
+    pix = DDSDLoss(2, schedule=Capability(momentum=0.0, metric="pixel_acc", relative=False))
     pix(z, y)
     pix.step()
     assert pix.schedule.capability == pytest.approx(0.75)
@@ -227,3 +228,95 @@ def test_bad_input_errors():
         DDSDLoss(4, confidence=0.2)
     unchecked = DDSDLoss(3, check_inputs=False)
     assert torch.isnan(unchecked(nan, y).loss)
+
+
+@pytest.mark.parametrize("kind", ["one_sided_kl", "kl", "target_gap", "l1"])
+@pytest.mark.parametrize("t,rate,scope,ce_on_dropped,kd_norm", [
+    (1.0, 0.0, "per_image", True, "kept"), (4.0, 0.3, "per_image", True, "kept"),
+    (2.0, 0.5, "per_batch", False, "valid"), (4.0, 0.7, "per_batch", True, "kept"),
+])
+def test_binary_fast_path_equals_general_path(kind, t, rate, scope, ce_on_dropped, kd_norm):
+    """K = 2 with the virtual teacher runs on the margin z_y - z_other ([B, H, W]); the general [B, K, H, W] path
+    gives the same loss, gradient, statistics, difficulty and mask (up to float rounding), and the reference."""
+    torch.manual_seed(1)
+    z = (3 * torch.randn(3, 2, 12, 10)).requires_grad_(True)
+    y = torch.randint(0, 2, (3, 12, 10))
+    y[torch.rand(3, 12, 10) < 0.1] = 255
+    got = []
+    for fast in (True, False):
+        crit = DDSDLoss(2, confidence=0.9, temperature=t, difficulty=kind, scope=scope, schedule=Constant(rate),
+                        ce_on_dropped=ce_on_dropped, kd_norm=kd_norm)
+        crit._binary_fast = fast
+        z.grad = None
+        out = crit(z, y)
+        out.loss.backward()
+        got.append((out.loss.detach(), z.grad.clone(), out.stats, *crit.pixel_maps(z, y)))
+    (loss, grad, stats, d, keep), (loss_g, grad_g, stats_g, d_g, keep_g) = got
+    torch.testing.assert_close(loss, loss_g, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, grad_g, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(d, d_g, rtol=1e-5, atol=1e-6)
+    assert torch.equal(keep, keep_g)
+    assert stats == pytest.approx(stats_g, rel=1e-5, abs=1e-6, nan_ok=True)
+    if ce_on_dropped and kd_norm == "kept":
+        crit = DDSDLoss(2, confidence=0.9, temperature=t, kd_weight=0.5, difficulty=kind, scope=scope,
+                        schedule=Constant(rate), tie_break="index")
+        expected, _ = ref_loss(z.detach(), y, 2, 0.9, rate, t=t, kd_weight=0.5, scope=scope, kind=kind)
+        torch.testing.assert_close(crit(z, y).loss.double(), torch.as_tensor(expected).double(), rtol=1e-5, atol=1e-6)
+
+
+def test_binary_fast_path_gradcheck():
+    torch.manual_seed(2)
+    z = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 2, (2, 4, 5))
+    y[0, 0, :2] = 255
+    crit = DDSDLoss(2, confidence=0.8, temperature=2.0, schedule=0.0)
+    assert crit._binary_path(None)
+    assert torch.autograd.gradcheck(lambda x: crit._forward(x, y, None).loss, (z,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [2, -1, 254])
+def test_binary_fast_path_rejects_bad_target_values(bad):
+    z, y = _batch(k=2)
+    y[0, 1, 2] = bad
+    with pytest.raises(ValueError, match=f"target holds value {bad}"):
+        DDSDLoss(2)(z, y)
+    with pytest.raises(ValueError, match=f"target holds value {bad}"):
+        DDSDLoss(2).pixel_maps(z, y)
+    y[0, 1, 2] = 255
+    assert torch.isfinite(DDSDLoss(2)(z, y).loss)
+
+
+def test_binary_fast_path_fullgraph_compile_matches_eager():
+    z, y = _batch(k=2, h=8, w=8)
+    z.requires_grad_(True)
+    crit = DDSDLoss(2, schedule=Linear(0.5, 0.1, 4), check_inputs=False)
+    compiled = torch.compile(lambda a, b: crit(a, b).loss, fullgraph=True)
+    for _ in range(2):
+        eager = crit(z, y).loss
+        (grad,) = torch.autograd.grad(eager, z)
+        comp = compiled(z, y)
+        (comp_grad,) = torch.autograd.grad(comp, z)
+        torch.testing.assert_close(comp, eager)
+        torch.testing.assert_close(comp_grad, grad)
+        crit.step()
+
+
+@pytest.mark.parametrize("confidence", [0.8, 1.0])
+def test_virtual_t_not_one_without_log_q_equals_stored_log_q(confidence):
+    """At T != 1 the virtual-teacher terms come from logsumexp(z / T) (no [B, K, H, W] log q) and the backward
+    recomputes q image by image: the same terms as from a stored log_softmax(z / T), and a correct gradient."""
+    from ddsd._pixel_loss import pixel_terms
+    from ddsd.teacher import virtual_teacher_values
+
+    z, y = _batch(bsz=3, k=4, h=5, w=6)
+    y0 = y.clamp(0, 3).unsqueeze(1)
+    virtual = virtual_teacher_values(confidence, 4)
+    lean = pixel_terms(z, y0, 3.0, virtual, None, keep_log_q=False)
+    full = pixel_terms(z, y0, 3.0, virtual, None, keep_log_q=True)
+    assert lean.log_q is None and lean.lse_t is not None
+    torch.testing.assert_close(lean.lq_y, full.lq_y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lean.kl, full.kl, rtol=1e-5, atol=1e-6)
+    z64 = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+    y64 = torch.randint(0, 3, (2, 3, 4))
+    crit = DDSDLoss(3, confidence=confidence, temperature=2.5, kd_weight=0.7, schedule=0.3)
+    assert torch.autograd.gradcheck(lambda x: crit._forward(x, y64, None).loss, (z64,), eps=1e-6, atol=1e-5)

@@ -28,9 +28,10 @@ def check_finite(name: str, tensor: Tensor) -> None:
 
 
 def check_target(
-    target: object, batch: int, height: int, width: int, num_classes: int, ignore_index: int
+    target: object, batch: int, height: int, width: int, num_classes: int, ignore_index: int, values: bool = True
 ) -> Tensor:
-    """Require an integer mask [B, H, W] whose values are in 0..K-1 or ``ignore_index``."""
+    """Require an integer mask [B, H, W] whose values are in 0..K-1 or ``ignore_index`` (``values=False``: type and
+    shape only, for a caller that checks the values itself)."""
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor of shape [B, H, W], got {type(target).__name__}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -40,6 +41,8 @@ def check_target(
             f"target shape {tuple(target.shape)} does not match the logits' batch/spatial dims "
             f"{(batch, height, width)} (expected [B, H, W])"
         )
+    if not values:
+        return target.long()
     lo, hi = torch.aminmax(target)
     if int(lo) >= 0 and (int(hi) < num_classes or (int(hi) == ignore_index and num_classes > ignore_index)):
         return target.long()

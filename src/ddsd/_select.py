@@ -18,10 +18,22 @@ Everything here is batched tensor code with static shapes: no host sync, no data
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-__all__ = ["DIGIT_BITS", "float_key", "hash_bits", "index_bits", "kth_smallest", "nonneg_float_key", "seed_offset"]
+__all__ = [
+    "DIGIT_BITS",
+    "float_key",
+    "hash_bits",
+    "index_bits",
+    "kth_smallest",
+    "nonneg_float_key",
+    "row_counts",
+    "seed_offset",
+    "smallest_keep_eager",
+]
 
 DIGIT_BITS = 16
 _M1, _M2 = 0x45D9F3B, 0x2C1B3C6D  # odd, < 2^31: (x < 2^32) * M < 2^63, no int64 overflow
@@ -160,3 +172,55 @@ def _kth_among(keys: Tensor, low: Tensor, shift: int, rem: Tensor, counts: Tenso
     packed = torch.full((rows, width), torch.iinfo(torch.int64).max, dtype=torch.int64, device=keys.device)
     packed[r_idx, pos] = keys[r_idx, c_idx]
     return packed.sort(1).values.gather(1, (rem - 1).clamp(0, width - 1)).squeeze(1)
+
+
+def row_counts(mask: Tensor) -> Tensor:
+    """``[R]`` int64 number of True entries per row of a bool ``[R, n]`` mask: for a few rows one
+    ``count_nonzero`` per row (``count_nonzero(dim=1)`` first converts the whole mask to int64)."""
+    if mask.shape[0] > 8:
+        return torch.count_nonzero(mask, dim=1)
+    return torch.stack([torch.count_nonzero(row) for row in mask])
+
+
+def smallest_keep_eager(d: Tensor, valid: Tensor, k: Tensor, priorities: Callable[[], Tensor]) -> Tensor:
+    """Eager (host syncs) keep mask of the ``k[r]`` valid entries of each row of ``d`` with the smallest values,
+    ties ordered by ``priorities()`` (``[R, n]`` int64, distinct per row; smaller kept first, only built when a
+    tie straddles the threshold): the same mask as :func:`kth_smallest` on the keys ``(bits(d) << m) | priority``
+    at a fraction of the cost, working on ``d``'s float32 bits (no ``[R, n]`` int64 keys).
+
+    ``d``: contiguous float32 ``[R, n]``, ``>= 0`` (``-0.0`` counts as ``+0.0``), no NaN; ``valid``: bool
+    ``[R, n]``; ``k``: ``[R]`` int64 with ``0 <= k[r] <= #valid in row r``. One histogram of the top bits
+    (exponent and a few mantissa bits: ``int32``, ``bincount``), then per row the candidates in the bucket that
+    holds the k-th value (``masked_select``) and their ``kthvalue``; ``d <= threshold`` gives the mask, and only
+    rows where more than ``k`` entries equal or fall below the threshold are resolved by the priorities.
+    """
+    rows, n = d.shape
+    width = max(8, min(DIGIT_BITS, index_bits(n) - 3))
+    nbins = 1 << width
+    idx = torch.bitwise_right_shift(d.view(torch.int32), 31 - width).clamp_(min=0)  # bucket of the top bits
+    if rows > 1:
+        idx.add_(torch.arange(rows, dtype=torch.int32, device=d.device).unsqueeze(1) * nbins)
+    idx.masked_fill_(~valid, rows * nbins)  # invalid entries: a dump bin after every row's bins
+    cum = torch.bincount(idx.view(-1), minlength=rows * nbins + 1)[: rows * nbins].view(rows, nbins).cumsum(1)
+    rank = k.clamp(min=1).unsqueeze(1)
+    bucket = torch.searchsorted(cum, rank).clamp_(max=nbins - 1)  # [R, 1]: the bin holding the k-th value
+    rank = rank - torch.where(bucket > 0, cum.gather(1, (bucket - 1).clamp(min=0)), 0)
+    if rows > 1:
+        bucket += torch.arange(rows, device=d.device).unsqueeze(1) * nbins
+    cand = idx == bucket.to(torch.int32)  # (an int64 operand would promote, i.e. copy, the int32 buckets)
+    thresholds = []
+    for r, (kr, rr) in enumerate(zip(k.tolist(), rank.view(-1).tolist(), strict=True)):
+        values = d[r].masked_select(cand[r]) if kr > 0 else d.new_empty(0)
+        thresholds.append(values.kthvalue(rr).values if kr > 0 else d.new_tensor(float("-inf")))
+    thr = torch.stack(thresholds).unsqueeze(1)
+    keep = valid & (d <= thr)
+    over = (row_counts(keep) > k).tolist()
+    if any(over):  # a tie at the threshold: keep the tied entries with the smallest priorities
+        prio = priorities()
+        below = valid & (d < thr)
+        need = (k - row_counts(below)).tolist()
+        for r in (r for r, o in enumerate(over) if o):
+            tie = valid[r] & (d[r] == thr[r])
+            cut = prio[r].masked_select(tie).kthvalue(need[r]).values
+            keep[r] = below[r] | (tie & (prio[r] <= cut))
+    return keep

@@ -31,7 +31,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddsd._select import float_key, hash_bits, index_bits, kth_smallest, nonneg_float_key, seed_offset
+from ddsd._select import (
+    float_key,
+    hash_bits,
+    index_bits,
+    kth_smallest,
+    nonneg_float_key,
+    row_counts,
+    seed_offset,
+    smallest_keep_eager,
+)
 
 __all__ = [
     "SCOPES",
@@ -205,6 +214,12 @@ def select_keep(
     v = valid.reshape(rows, -1)
     n = d.shape[1]
     m = index_bits(n)
+    if allow_sync and nonneg and selection == "hardest" and d.dtype == torch.float32:
+        k = keep_counts(row_counts(v), rate)
+        keep = smallest_keep_eager(
+            d.contiguous(), v, k, lambda: tie_priorities(rows, n, tie_break, seed, counter, d.device)
+        )
+        return keep.reshape(difficulty.shape)
     if selection == "random":
         keys, bits = tie_priorities(rows, n, "random", seed, counter, d.device).masked_fill(~v, 1 << m), m + 1
     else:

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ddsd._checks import check_finite, check_logits, check_target
-from ddsd._pixel_loss import pixel_terms, weighted_loss
+from ddsd._pixel_loss import BinaryTerms, binary_terms, binary_weighted_loss, pixel_terms, weighted_loss
 from ddsd.difficulty import check_kind
 from ddsd.dropout import check_scope, check_selection, check_tie_break, select_keep
 from ddsd.schedules import Capability, Constant, RateSchedule, Threshold
@@ -75,6 +75,15 @@ def accuracy_counts(y0: Tensor, correct: Tensor, valid: Tensor, num_classes: int
     hist.scatter_add_(0, codes, torch.ones(1, dtype=torch.int64, device=codes.device).expand(codes.numel()))
     hist = hist[:-1].view(num_classes, 2)
     return torch.stack([hist[:, 1], hist.sum(1)])
+
+
+def binary_accuracy_counts(is_one: Tensor, correct: Tensor, valid: Tensor, n_valid: Tensor) -> Tensor:
+    """:func:`accuracy_counts` for ``K = 2`` by three counts (no histogram): ``is_one`` / ``correct`` / ``valid``
+    bool ``[B, H, W]`` (``correct`` only at valid pixels), ``n_valid`` their count (0-d)."""
+    ones = torch.count_nonzero(is_one)  # void pixels are never 1 (ignore_index is not a class id)
+    right = torch.count_nonzero(correct)
+    right_ones = torch.count_nonzero(correct & is_one)
+    return torch.stack([torch.stack([right - right_ones, right_ones]), torch.stack([n_valid - ones, ones])])
 
 
 def accuracy_stats(per_class: Tensor) -> dict[str, Tensor]:
@@ -175,6 +184,7 @@ class DDSDLoss(nn.Module):
         self.ce_on_dropped = bool(ce_on_dropped)
         self.check_inputs = bool(check_inputs)
         self.sync_capability = bool(sync_capability)
+        self._binary_fast = True  # K = 2 virtual-teacher fast path (tests switch it off to compare)
         # Step state lives in buffers so that a compiled forward reads it without recompiling.
         self.register_buffer("_rate", torch.zeros((), dtype=torch.float64), persistent=False)
         self.register_buffer("_capability", torch.full((), float("nan")), persistent=False)
@@ -250,7 +260,15 @@ class DDSDLoss(nn.Module):
                 raise ValueError(f"teacher_logits batch {teacher_logits.shape[0]} != student batch {bsz}")
         if not self.check_inputs:
             return target.long()
-        return check_target(target, bsz, h, w, k, self.ignore_index)
+        # the binary path checks the values from its own masks (_check_binary_values): a few counts, no min / max
+        return check_target(target, bsz, h, w, k, self.ignore_index, values=not self._binary_path(teacher_logits))
+
+    def _check_binary_values(self, target: Tensor, valid: Tensor, is_one: Tensor) -> None:
+        """Every valid (non-void) pixel is 0 or 1: ``#{0} + #{1} == #{valid}`` (one host sync); otherwise the full
+        :func:`~ddsd._checks.check_target` names the offending value."""
+        zeros = torch.count_nonzero(target == 0)
+        if int(zeros + torch.count_nonzero(is_one) - torch.count_nonzero(valid)) != 0:
+            check_target(target, *target.shape, 2, self.ignore_index)
 
     def forward(
         self, student_logits: Tensor, target: Tensor, teacher_logits: Tensor | None = None
@@ -294,10 +312,15 @@ class DDSDLoss(nn.Module):
         """Per-pixel ``(valid, y0, terms, difficulty, keep)`` (:class:`ddsd._pixel_loss.PixelTerms`)."""
         t = self.temperature
         valid = target != self.ignore_index
-        y0 = target.clamp(0, self.num_classes - 1).unsqueeze(1)  # [B, 1, H, W]; void pixels: any class id
-        log_pt = None if teacher_logits is None else teacher_log_probs(teacher_logits, tuple(z.shape[-2:]), t)
-        terms = pixel_terms(z, y0, t, self._virtual, log_pt)
-        lpt_y = math.log(self._virtual[0]) if log_pt is None else log_pt.gather(1, y0).squeeze(1)
+        if self._binary_path(teacher_logits):
+            y0, terms, lpt_y = None, binary_terms(z, target, t, self._virtual), math.log(self._virtual[0])
+            if self.check_inputs:
+                self._check_binary_values(target, valid, terms.is_one)
+        else:
+            y0 = target.clamp(0, self.num_classes - 1).unsqueeze(1)  # [B, 1, H, W]; void pixels: any class id
+            log_pt = None if teacher_logits is None else teacher_log_probs(teacher_logits, tuple(z.shape[-2:]), t)
+            terms = pixel_terms(z, y0, t, self._virtual, log_pt, keep_log_q=self.difficulty == "l1")
+            lpt_y = math.log(self._virtual[0]) if log_pt is None else log_pt.gather(1, y0).squeeze(1)
         d = self._difficulty(terms, lpt_y, valid)
         if isinstance(self.schedule, Threshold):
             keep = valid & (d <= self.schedule.tau)
@@ -310,6 +333,12 @@ class DDSDLoss(nn.Module):
             )
         return valid, y0, terms, d, keep
 
+    def _binary_path(self, teacher_logits: Tensor | None) -> bool:
+        """K = 2 with the virtual teacher: every per-pixel term is a function of the margin ``z_y - z_other``
+        (:func:`ddsd._pixel_loss.binary_terms`), computed on ``[B, H, W]`` instead of ``[B, 2, H, W]``."""
+        return (self.num_classes == 2 and teacher_logits is None and self._binary_fast
+                and self.ignore_index not in (0, 1))
+
     def _forward(self, z: Tensor, target: Tensor, teacher_logits: Tensor | None) -> LossOutput:
         t = self.temperature
         valid, y0, terms, d, keep = self._pixel_terms(z, target, teacher_logits)
@@ -317,18 +346,26 @@ class DDSDLoss(nn.Module):
         n_keep = n_valid if keep is valid else torch.count_nonzero(keep)
         ce_mask, ce_n = (valid, n_valid) if self.ce_on_dropped else (keep, n_keep)
         kd_n = n_keep if self.kd_norm == "kept" else n_valid
-        alpha = ce_mask.to(z.dtype).div_(ce_n.clamp_min(1))  # CE weight per pixel
+        alpha = torch.div(ce_mask, ce_n.clamp_min(1).to(z.dtype))  # CE weight per pixel (one pass: no bool copy)
         # KD weight per pixel (the same tensor when the masks and counts agree, e.g. rate 0: one allocation less)
-        gamma = None if keep is ce_mask and kd_n is ce_n else keep.to(z.dtype).div_(kd_n.clamp_min(1))
+        gamma = None if keep is ce_mask and kd_n is ce_n else torch.div(keep, kd_n.clamp_min(1).to(z.dtype))
         ce = -torch.dot(alpha.reshape(-1), terms.lp_y.reshape(-1))
         kd = torch.dot((alpha if gamma is None else gamma).reshape(-1), terms.kl.reshape(-1))
         lam = self.kd_weight * t * t
-        loss = weighted_loss(z, ce + lam * kd, terms, y0, alpha, gamma, lam, t,
-                             None if teacher_logits is not None else self._virtual)
+        if isinstance(terms, BinaryTerms):
+            loss = binary_weighted_loss(z, ce + lam * kd, terms, alpha, gamma, lam, t, self._virtual[0])
+            correct = valid & (terms.m >= 0)  # the target logit is the larger one
+        else:
+            loss = weighted_loss(z, ce + lam * kd, terms, y0, alpha, gamma, lam, t,
+                                 None if teacher_logits is not None else self._virtual)
+            # a pixel is correct when its target class has the largest logit (amax is much cheaper than argmax)
+            correct = valid & (terms.lp_y >= terms.log_p.amax(1))
         kept_sum = torch.dot((alpha if gamma is None else gamma).reshape(-1), d.reshape(-1)) * kd_n.clamp_min(1)
-        # a pixel is correct when its target class has the largest logit (amax is much cheaper than argmax)
-        correct = valid & (terms.lp_y >= terms.log_p.amax(1))
-        return LossOutput(loss, self._stats(y0.squeeze(1), correct, valid, n_valid, n_keep, d, kept_sum, ce, kd))
+        if isinstance(terms, BinaryTerms):
+            per_class = binary_accuracy_counts(terms.is_one, correct, valid, n_valid)
+        else:
+            per_class = accuracy_counts(y0.squeeze(1), correct, valid, self.num_classes)
+        return LossOutput(loss, self._stats(per_class, n_valid, n_keep, d, kept_sum, ce, kd))
 
     @torch.no_grad()
     def _difficulty(self, terms, lpt_y: Tensor | float, valid: Tensor) -> Tensor:
@@ -344,6 +381,8 @@ class DDSDLoss(nn.Module):
         if kind == "target_gap":
             pt_y = math.exp(lpt_y) if isinstance(lpt_y, float) else lpt_y.exp()
             d = terms.lq_y.exp().neg_().add_(pt_y).clamp_min_(0.0)
+        elif isinstance(terms, BinaryTerms):  # l1, K = 2, virtual teacher: |a - q_y| + |b - q_other| = 2 |a - q_y|
+            d = terms.lq_y.exp().sub_(self._virtual[0]).abs_().mul_(2.0)
         elif terms.log_pt is not None:  # l1, network teacher
             d = (terms.log_pt.exp() - terms.log_q.exp()).abs().sum(1)
         else:  # l1, virtual teacher
@@ -355,9 +394,7 @@ class DDSDLoss(nn.Module):
 
     def _stats(
         self,
-        y0: Tensor,
-        correct: Tensor,
-        valid: Tensor,
+        per_class: Tensor,
         n_valid: Tensor,
         n_keep: Tensor,
         d: Tensor,
@@ -366,7 +403,6 @@ class DDSDLoss(nn.Module):
         kd: Tensor,
     ) -> dict[str, Tensor]:
         with torch.no_grad():
-            per_class = accuracy_counts(y0, correct, valid, self.num_classes)
             if self.training:
                 self._counts += per_class
                 self._kept += torch.stack([n_keep, n_valid])
@@ -376,7 +412,10 @@ class DDSDLoss(nn.Module):
                 "rate": (1.0 - kept_fraction) if is_threshold else self._rate.clone(),
                 "kept_fraction": kept_fraction,
                 "difficulty_kept": kept_sum / n_keep,
-                "difficulty_dropped": (d.sum() - kept_sum) / (n_valid - n_keep),
+                # NaN when nothing is dropped (not +-inf from the rounding of the difference of the sums)
+                "difficulty_dropped": torch.where(
+                    n_valid > n_keep, (d.sum() - kept_sum) / (n_valid - n_keep), float("nan")
+                ),
                 "capability": self._capability.clone(),
                 **accuracy_stats(per_class),
                 "ce": ce.detach(),
