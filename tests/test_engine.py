@@ -239,3 +239,15 @@ def test_eval_reproduces_the_training_val_miou(tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["miou"] == pytest.approx(s["best_val"]["miou"], abs=1e-12)
     assert m["per_class_iou"] == s["best_val"]["per_class_iou"]
+
+
+def test_default_ddsd_rate_falls_on_the_builtin_data(tmp_path):
+    """The quickstart's promise (README): with the default settings the dropout rate starts at r_max and falls
+    as the student closes its accuracy gap (it must not sit at r_max, as the absolute rule did)."""
+    from ddsd.engine.rundir import read_metrics
+
+    cfg = apply_overrides(RunConfig(), [f"out={json.dumps(str(tmp_path / 'q'))}", "train.epochs=4",
+                                        "train.progress=false", "train.threads=1", "data.eval_splits=[]"])
+    train(cfg)
+    rates = [float(row["rate"]) for row in read_metrics(tmp_path / "q" / "metrics.csv")]
+    assert rates[0] <= cfg.method.r_max and rates[-1] < rates[0] - 0.02, rates
