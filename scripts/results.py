@@ -95,8 +95,10 @@ EXTRA: list[str] = []  # --extra overrides (device etc.), appended to every comm
 ROUND1_PINS: dict[str, object] = {
     "method.confidence": 0.9, "method.temperature": 1.0, "method.kd_weight": 1.0, "method.r_max": 0.5,
     "method.capability_relative": False, "method.difficulty": "kl", "method.tie_break": "index",
+    "method.selection": "hardest",
 }
-ROUND2_PINS: dict[str, object] = {"method.r_max": 0.5, "method.capability_relative": False}
+ROUND2_PINS: dict[str, object] = {"method.r_max": 0.5, "method.capability_relative": False,
+                                  "method.selection": "hardest"}
 PINS = ROUND1_PINS  # main() sets the pins of the stage's campaign
 
 

@@ -69,7 +69,7 @@ class MethodConfig(_Strict):
     difficulty: Literal["one_sided_kl", "kl", "target_gap", "l1"] = "one_sided_kl"
     scope: Literal["per_image", "per_batch"] = "per_image"
     selection: Literal["hardest", "random", "easiest", "bernoulli"] = Field(
-        "hardest", description="which pixels the rate drops (docs/method.md)")
+        "bernoulli", description="which pixels the rate drops (docs/method.md); threshold schedule: hardest")
     tie_break: Literal["random", "index"] = Field(
         "random", description="order among equal difficulties: seeded random (default) or flat index (legacy)")
     kd_norm: Literal["kept", "valid"] = Field(

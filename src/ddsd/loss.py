@@ -141,7 +141,7 @@ class DDSDLoss(nn.Module):
         difficulty: str = "one_sided_kl",
         scope: str = "per_image",
         schedule: RateSchedule | float | None = None,
-        selection: str = "hardest",
+        selection: str = "bernoulli",
         tie_break: str = "random",
         kd_norm: str = "kept",
         seed: int = 0,
@@ -177,7 +177,7 @@ class DDSDLoss(nn.Module):
         if isinstance(schedule, Threshold) and self.selection != "hardest":
             raise ValueError(
                 f"selection={self.selection!r} needs a rate; the threshold schedule drops d > tau "
-                "(selection='hardest' only)"
+                "(selection='hardest' only: pass selection='hardest', or --set method.selection=hardest)"
             )
         self.schedule = schedule
         self.ignore_index = int(ignore_index)
