@@ -336,7 +336,7 @@ def test_virtual_integer_t_one_exp_path_equals_log_softmax_path(t):
     virtual = virtual_teacher_values(0.9, 5)
     fast = pixel_terms(z, y0, t, virtual, None, keep_log_q=False)
     slow = pixel_terms(z, y0, t, virtual, None, keep_log_q=True)
-    assert fast.u is not None and fast.log_p is None and slow.u is None
+    assert fast.zmax is not None and fast.log_p is None and slow.zmax is None
     for name in ("lp_y", "kl", "lq_y"):
         torch.testing.assert_close(getattr(fast, name), getattr(slow, name), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast.lp_max, slow.log_p.amax(1), rtol=1e-5, atol=1e-5)

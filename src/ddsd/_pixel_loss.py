@@ -35,10 +35,10 @@ class PixelTerms(NamedTuple):
     ``lq_y = log q(y)`` ``[B, H, W]``; ``log_pt`` the network teacher's ``[B, K, H, W]`` log-probabilities at T
     (None for the virtual teacher); ``lse_t = logsumexp_k(z_k / T)`` ``[B, H, W]`` when ``log_q`` is None.
 
-    Integer ``T`` in {2, 3, 4} (virtual teacher, eager, :func:`_virtual_terms_pow`): ``log_p`` is None too, and
-    ``u = exp((z - max_k z) / T)`` ``[B, K, H, W]`` replaces it, with ``inv_s1 = 1 / sum_k u^T``, ``inv_st =
-    1 / sum_k u`` and ``lp_max = max_k log p = -log sum_k u^T`` ``[B, H, W]`` (``p = u^T inv_s1``, ``q = u
-    inv_st``)."""
+    Integer ``T`` in {2, 3, 4} (virtual teacher, eager, :func:`_virtual_terms_pow`): ``log_p`` is None too; with
+    ``u = exp((z - zmax) / T)`` (recomputed where needed), ``zmax = max_k z_k``, ``inv_s1 = 1 / sum_k u^T``,
+    ``inv_st = 1 / sum_k u`` and ``lp_max = max_k log p = -log sum_k u^T``, all ``[B, H, W]`` (``p = u^T
+    inv_s1``, ``q = u inv_st``)."""
 
     log_p: Tensor
     log_q: Tensor | None
@@ -47,7 +47,7 @@ class PixelTerms(NamedTuple):
     lq_y: Tensor
     log_pt: Tensor | None
     lse_t: Tensor | None = None
-    u: Tensor | None = None
+    zmax: Tensor | None = None
     inv_s1: Tensor | None = None
     inv_st: Tensor | None = None
     lp_max: Tensor | None = None
@@ -157,24 +157,29 @@ def _pow_int(u: Tensor, n: int, out: Tensor | None = None) -> Tensor:
     return r.mul_(r) if n == 4 else r.mul_(u) if n == 3 else r
 
 
+def _exp_scaled(z: Tensor, m: Tensor, t: float, out: Tensor) -> Tensor:
+    """``u = exp((z - m) / T)`` into ``out`` (``z`` ``[K, H, W]``, ``m`` ``[H, W]``)."""
+    return torch.sub(z, m, out=out).div_(t).exp_()
+
+
 def _virtual_terms_pow(z: Tensor, y0: Tensor, n: int, virtual: tuple[float, float, float]) -> PixelTerms:
     """:func:`pixel_terms` of the virtual teacher at an integer ``T = n`` in {2, 3, 4} with one ``exp``.
 
     With ``m = max_k z_k`` and ``u = exp((z - m) / T)``: ``exp(z - m) = u^T`` (multiplications, not a second
     ``exp``), so ``log p = z - m - log S1`` with ``S1 = sum_k u^T`` and ``lse_t = m / T + log St`` with ``St =
-    sum_k u``; the backward needs no ``exp`` at all (``p = u^T / S1``, ``q = u / St``). Image by image: the
-    ``[K, H, W]`` power is a reused temporary. Differs from the log-softmax path by float rounding only (a few
-    ulp in ``S1``; terms below ``e^-87`` relative to the largest underflow in both)."""
+    sum_k u``. Image by image in two reused ``[K, H, W]`` temporaries: no ``[B, K, H, W]`` tensor is kept (a
+    fresh one costs more in page faults than the backward's recomputation of ``u``). Differs from the
+    log-softmax path by float rounding only (a few ulp in ``S1``; ``u^T`` underflows below ``e^-87`` relative
+    to the largest term, where ``exp(z - m)`` does too)."""
     a, b, neg_entropy = virtual
     t = float(n)
     m = z.amax(1)  # [B, H, W]
-    u = torch.empty_like(z)
     s1, st = torch.empty_like(m), torch.empty_like(m)
-    tmp = torch.empty_like(z[0])
+    tmp, tmp_pow = torch.empty_like(z[0]), torch.empty_like(z[0])
     for i in range(z.shape[0]):
-        ui = torch.sub(z[i], m[i], out=u[i]).div_(t).exp_()
+        ui = _exp_scaled(z[i], m[i], t, tmp)
         torch.sum(ui, 0, out=st[i])
-        torch.sum(_pow_int(ui, n, out=tmp), 0, out=s1[i])
+        torch.sum(_pow_int(ui, n, out=tmp_pow), 0, out=s1[i])
     lp_max = s1.log().neg_()  # max_k log p = -log S1
     z_y = z.gather(1, y0).squeeze(1)
     lp_y = torch.sub(z_y, m).add_(lp_max)
@@ -184,30 +189,34 @@ def _virtual_terms_pow(z: Tensor, y0: Tensor, n: int, virtual: tuple[float, floa
         kl = z.sum(1).div_(t).sub_(lse_t, alpha=z.shape[1]).mul_(-b).add_(lq_y, alpha=-(a - b)).add_(neg_entropy)
     else:
         kl = lq_y.mul(-a).add_(neg_entropy)
-    return PixelTerms(None, None, lp_y, kl, lq_y, None, lse_t, u, s1.reciprocal_(), st.reciprocal_(), lp_max)
+    return PixelTerms(None, None, lp_y, kl, lq_y, None, lse_t, m, s1.reciprocal_(), st.reciprocal_(), lp_max)
 
 
 class _PowWeightedLoss(torch.autograd.Function):
-    """The backward of :func:`_virtual_terms_pow`'s terms: ``dL/dz = u^T (alpha g / S1) + u (beta g / (T St))
-    - (beta g / T) b - [k = y] (alpha g + (beta g / T) (a - b))``, no ``exp``."""
+    """The backward of :func:`_virtual_terms_pow`'s terms, image by image with ``u = exp((z - m) / T)``
+    recomputed: ``dL/dz = u^T (alpha g / S1) + u (beta g / (T St)) - (beta g / T) b - [k = y] (alpha g +
+    (beta g / T) (a - b))``, written into the gradient's own memory."""
 
     @staticmethod
-    def forward(ctx, z, value, u, inv_s1, inv_st, y0, alpha, gamma, lam, n, a_minus_b, b):
-        ctx.save_for_backward(u, inv_s1, inv_st, y0, alpha, gamma)
+    def forward(ctx, z, value, m, inv_s1, inv_st, y0, alpha, gamma, lam, n, a_minus_b, b):
+        ctx.save_for_backward(z.detach(), m, inv_s1, inv_st, y0, alpha, gamma)
         ctx.consts = (lam, n, a_minus_b, b)
         return value.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        u, inv_s1, inv_st, y0, alpha, gamma = ctx.saved_tensors
+        z, m, inv_s1, inv_st, y0, alpha, gamma = ctx.saved_tensors
         lam, n, a_minus_b, b = ctx.consts
         gamma = alpha if gamma is None else gamma
         ga, gb = alpha * g, gamma * (g * (lam / n))  # [B, H, W]
-        grad = _pow_int(u, n, out=torch.empty_like(u)).mul_((ga * inv_s1).unsqueeze(1))
-        grad.addcmul_(u, (gb * inv_st).unsqueeze(1))
-        if b > 0:
-            grad.sub_((gb * b).unsqueeze(1))
+        w_p, w_q = ga.mul(inv_s1), gb.mul(inv_st)
+        grad, tmp = torch.empty_like(z), torch.empty_like(z[0])
+        for i in range(z.shape[0]):
+            ui = _exp_scaled(z[i], m[i], float(n), tmp)
+            gi = _pow_int(ui, n, out=grad[i]).mul_(w_p[i]).addcmul_(ui, w_q[i])
+            if b > 0:
+                gi.sub_(gb[i], alpha=b)
         grad.scatter_add_(1, y0, gb.mul_(a_minus_b).add_(ga).neg_().unsqueeze(1))
         return grad, None, None, None, None, None, None, None, None, None, None, None
 
@@ -274,9 +283,9 @@ def weighted_loss(
     if not z.requires_grad:
         return value
     a_minus_b, b = (0.0, 0.0) if virtual is None else (virtual[0] - virtual[1], virtual[1])
-    if terms.u is not None:
+    if terms.zmax is not None:
         return _PowWeightedLoss.apply(
-            z, value, terms.u, terms.inv_s1, terms.inv_st, y0, alpha, gamma, lam, int(t), a_minus_b, b
+            z, value, terms.zmax, terms.inv_s1, terms.inv_st, y0, alpha, gamma, lam, int(t), a_minus_b, b
         )
     log_q = None if t == 1.0 else terms.log_q  # the same tensor twice would break torch.compile's tracing
     return _WeightedLoss.apply(
