@@ -246,21 +246,25 @@ class _WeightedLoss(torch.autograd.Function):
             at_y = alpha * (g + c * a_minus_b)
         else:
             gamma = alpha if gamma is None else gamma
-            ga, gb = (alpha * g).unsqueeze(1), (gamma * c).unsqueeze(1)  # [B, 1, H, W]
-            # in place on the one [B, K, H, W] allocation (exp): a second full-size result costs its page faults
+            # in place on the one [B, K, H, W] allocation (exp): a second full-size result costs its page faults;
+            # at most two [B, H, W] temporaries live at a time (peak memory)
             if t == 1.0:
-                grad = log_p.exp().mul_(ga + gb)
-            elif log_q is None:  # virtual teacher at T != 1 without a stored log q: q from z and lse_t
-                grad = _add_q_times(log_p.exp().mul_(ga), z.detach(), t, lse_t, gb)
+                grad = log_p.exp().mul_(torch.mul(alpha, g).addcmul_(gamma, c).unsqueeze(1))
+                ga, gb = alpha * g, gamma * c
             else:
-                grad = _add_exp_times(log_p.exp().mul_(ga), log_q, gb)
+                ga, gb = alpha * g, gamma * c
+                grad = log_p.exp().mul_(ga.unsqueeze(1))
+                if log_q is None:  # virtual teacher at T != 1 without a stored log q: q from z and lse_t
+                    _add_q_times(grad, z.detach(), t, lse_t, gb.unsqueeze(1))
+                else:
+                    _add_exp_times(grad, log_q, gb.unsqueeze(1))
             if log_pt is not None:
-                _add_exp_times(grad, log_pt, gb, value=-1.0)
-                at_y = ga.squeeze(1).clone()
+                _add_exp_times(grad, log_pt, gb.unsqueeze(1), value=-1.0)
+                at_y = ga
             else:
                 if b > 0:
-                    grad.sub_(gb * b)
-                at_y = (ga + gb * a_minus_b).squeeze(1)
+                    grad.sub_(gb.unsqueeze(1), alpha=b)
+                at_y = ga.add_(gb, alpha=a_minus_b)
         at_y = at_y.unsqueeze(1)
         grad.scatter_add_(1, y0, at_y.neg_())
         return grad, None, None, None, None, None, None, None, None, None, None, None, None
