@@ -96,8 +96,8 @@ def ref_loss(
     num_classes,
     confidence,
     rate,
-    t=4.0,  # the library's defaults (DDSDLoss)
-    kd_weight=0.5,
+    t=1.0,
+    kd_weight=1.0,
     teacher_logits=None,
     scope="per_image",
     ce_on_dropped=True,
