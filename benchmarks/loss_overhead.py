@@ -15,7 +15,8 @@ Time: the variants are interleaved round by round; reported are the median per v
 (ratio of medians) and the median of the per-round ratios (each variant timed right next to `ce`). On CPU the
 clock is the thread's CPU time (``time.thread_time``) by default: on a shared machine the wall clock also counts
 the time the process waits for a core. Peak memory: increase of the peak RSS over the inputs in a fresh
-subprocess per eager variant (CPU), or ``torch.cuda.max_memory_allocated`` (CUDA).
+subprocess per eager variant (CPU; run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the RSS
+and the peak is that of the live tensors), or ``torch.cuda.max_memory_allocated`` (CUDA).
 
 Last, the fullgraph check: a conv model + DDSDLoss(check_inputs=False) step compiled with ``fullgraph=True``
 for three optimiser steps while the rate changes (0.5, 0.4, 0.3): graphs, graph breaks, recompilations and the
@@ -25,6 +26,7 @@ largest difference to the eager loss.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -114,7 +116,10 @@ def peak_in_subprocess(shape_text, variant, args):
            "--threads", str(args.threads)]
     if args.temperature is not None:
         cmd += ["--temperature", str(args.temperature)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # every block over 64 KiB its own mapping, returned to the OS when freed: the peak RSS is then the peak of the
+    # live tensors (as torch.cuda.max_memory_allocated), not of what glibc's heap happened to keep (+-20 MB)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 

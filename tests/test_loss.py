@@ -23,7 +23,7 @@ def test_loss_matches_reference_virtual_teacher(rate, scope, kind):
     z, y = _batch()
     crit = DDSDLoss(3, confidence=0.8, difficulty=kind, scope=scope, schedule=Constant(rate), tie_break="index",
                     temperature=1.0, kd_weight=1.0)
-    expected, keep = ref_loss(z, y, 3, 0.8, rate, scope=scope, kind=kind)
+    expected, keep = ref_loss(z, y, 3, 0.8, rate, t=1.0, kd_weight=1.0, scope=scope, kind=kind)
     out = crit(z, y)
     torch.testing.assert_close(
         out.loss.double(), torch.as_tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-6
@@ -59,7 +59,7 @@ def test_virtual_closed_form_equals_materialised_teacher(t):
     crit_net = DDSDLoss(5, temperature=1.0, kd_weight=1.0, schedule=0.0)
     if t == 1.0:
         torch.testing.assert_close(crit(z, y).loss, crit_net(z, y, pt.log()).loss, rtol=1e-5, atol=1e-6)
-    expected, _ = ref_loss(z, y, 5, 0.75, 0.0, t=t)
+    expected, _ = ref_loss(z, y, 5, 0.75, 0.0, t=t, kd_weight=1.0)
     torch.testing.assert_close(
         crit(z, y).loss.double(), torch.as_tensor(expected).double(), rtol=1e-5, atol=1e-6
     )
@@ -319,4 +319,35 @@ def test_virtual_t_not_one_without_log_q_equals_stored_log_q(confidence):
     z64 = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
     y64 = torch.randint(0, 3, (2, 3, 4))
     crit = DDSDLoss(3, confidence=confidence, temperature=2.5, kd_weight=0.7, schedule=0.3)
+    assert torch.autograd.gradcheck(lambda x: crit._forward(x, y64, None).loss, (z64,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("t", [2.0, 3.0, 4.0])
+def test_virtual_integer_t_one_exp_path_equals_log_softmax_path(t):
+    """Integer T in {2, 3, 4} (eager, batch > 1): exp(z - max) = u^T with u = exp((z - max) / T), one exp in
+    the forward and none in the backward: the same terms and gradient as the log-softmax path up to float
+    rounding, also with logits 100 apart (terms that underflow)."""
+    from ddsd._pixel_loss import pixel_terms, weighted_loss
+    from ddsd.teacher import virtual_teacher_values
+
+    z, y = _batch(bsz=3, k=5, h=6, w=7)
+    z[0, 2] += 100.0
+    y0 = y.clamp(0, 4).unsqueeze(1)
+    virtual = virtual_teacher_values(0.9, 5)
+    fast = pixel_terms(z, y0, t, virtual, None, keep_log_q=False)
+    slow = pixel_terms(z, y0, t, virtual, None, keep_log_q=True)
+    assert fast.zmax is not None and fast.log_p is None and slow.zmax is None
+    for name in ("lp_y", "kl", "lq_y"):
+        torch.testing.assert_close(getattr(fast, name), getattr(slow, name), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.lp_max, slow.log_p.amax(1), rtol=1e-5, atol=1e-5)
+    alpha, gamma = torch.rand(3, 6, 7), torch.rand(3, 6, 7)
+    grads = []
+    for terms in (fast, slow):
+        zz = z.clone().requires_grad_(True)
+        weighted_loss(zz, torch.zeros(()), terms, y0, alpha, gamma, 2.0, t, virtual).backward()
+        grads.append(zz.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+    z64 = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+    y64 = torch.randint(0, 3, (2, 3, 4))
+    crit = DDSDLoss(3, confidence=0.8, temperature=t, kd_weight=0.7, schedule=0.3)
     assert torch.autograd.gradcheck(lambda x: crit._forward(x, y64, None).loss, (z64,), eps=1e-6, atol=1e-5)

@@ -33,7 +33,12 @@ class PixelTerms(NamedTuple):
     """Per-pixel tensors (no gradient): ``log_p`` / ``log_q`` ``[B, K, H, W]`` (``log_q is log_p`` at T = 1;
     None when not kept, see :func:`pixel_terms`), ``lp_y = log p(y)`` (``CE = -lp_y``), ``kl``,
     ``lq_y = log q(y)`` ``[B, H, W]``; ``log_pt`` the network teacher's ``[B, K, H, W]`` log-probabilities at T
-    (None for the virtual teacher); ``lse_t = logsumexp_k(z_k / T)`` ``[B, H, W]`` when ``log_q`` is None."""
+    (None for the virtual teacher); ``lse_t = logsumexp_k(z_k / T)`` ``[B, H, W]`` when ``log_q`` is None.
+
+    Integer ``T`` in {2, 3, 4} (virtual teacher, eager, :func:`_virtual_terms_pow`): ``log_p`` is None too; with
+    ``u = exp((z - zmax) / T)`` (recomputed where needed), ``zmax = max_k z_k``, ``inv_s1 = 1 / sum_k u^T``,
+    ``inv_st = 1 / sum_k u`` and ``lp_max = max_k log p = -log sum_k u^T``, all ``[B, H, W]`` (``p = u^T
+    inv_s1``, ``q = u inv_st``)."""
 
     log_p: Tensor
     log_q: Tensor | None
@@ -42,6 +47,10 @@ class PixelTerms(NamedTuple):
     lq_y: Tensor
     log_pt: Tensor | None
     lse_t: Tensor | None = None
+    zmax: Tensor | None = None
+    inv_s1: Tensor | None = None
+    inv_st: Tensor | None = None
+    lp_max: Tensor | None = None
 
 
 def _per_image(z: Tensor) -> bool:
@@ -106,6 +115,8 @@ def pixel_terms(
     ``lse_t = logsumexp(z / T)``: ``log q(y) = z_y / T - lse_t``, ``sum_k log q(k) = sum_k z_k / T - K lse_t``
     (the backward recomputes ``q = exp(z / T - lse_t)`` image by image)."""
     z = z.detach()
+    if log_pt is None and t in _POW_T and not keep_log_q and _per_image(z):
+        return _virtual_terms_pow(z, y0, int(t), virtual)
     log_p = F.log_softmax(z, dim=1)
     lp_y = log_p.gather(1, y0).squeeze(1)
     if log_pt is None and t != 1.0 and not keep_log_q:
@@ -137,6 +148,79 @@ def _virtual_terms_from_lse(
     return PixelTerms(log_p, None, lp_y, kl, lq_y, None, lse_t)
 
 
+_POW_T = (2.0, 3.0, 4.0)
+
+
+def _pow_int(u: Tensor, n: int, out: Tensor | None = None) -> Tensor:
+    """``u ** n`` for ``n`` in {2, 3, 4} by multiplications (a fresh tensor, or ``out``)."""
+    r = torch.mul(u, u, out=out) if out is not None else u * u
+    return r.mul_(r) if n == 4 else r.mul_(u) if n == 3 else r
+
+
+def _exp_scaled(z: Tensor, m: Tensor, t: float, out: Tensor) -> Tensor:
+    """``u = exp((z - m) / T)`` into ``out`` (``z`` ``[K, H, W]``, ``m`` ``[H, W]``)."""
+    return torch.sub(z, m, out=out).div_(t).exp_()
+
+
+def _virtual_terms_pow(z: Tensor, y0: Tensor, n: int, virtual: tuple[float, float, float]) -> PixelTerms:
+    """:func:`pixel_terms` of the virtual teacher at an integer ``T = n`` in {2, 3, 4} with one ``exp``.
+
+    With ``m = max_k z_k`` and ``u = exp((z - m) / T)``: ``exp(z - m) = u^T`` (multiplications, not a second
+    ``exp``), so ``log p = z - m - log S1`` with ``S1 = sum_k u^T`` and ``lse_t = m / T + log St`` with ``St =
+    sum_k u``. Image by image in two reused ``[K, H, W]`` temporaries: no ``[B, K, H, W]`` tensor is kept (a
+    fresh one costs more in page faults than the backward's recomputation of ``u``). Differs from the
+    log-softmax path by float rounding only (a few ulp in ``S1``; ``u^T`` underflows below ``e^-87`` relative
+    to the largest term, where ``exp(z - m)`` does too)."""
+    a, b, neg_entropy = virtual
+    t = float(n)
+    m = z.amax(1)  # [B, H, W]
+    s1, st = torch.empty_like(m), torch.empty_like(m)
+    tmp, tmp_pow = torch.empty_like(z[0]), torch.empty_like(z[0])
+    for i in range(z.shape[0]):
+        ui = _exp_scaled(z[i], m[i], t, tmp)
+        torch.sum(ui, 0, out=st[i])
+        torch.sum(_pow_int(ui, n, out=tmp_pow), 0, out=s1[i])
+    lp_max = s1.log().neg_()  # max_k log p = -log S1
+    z_y = z.gather(1, y0).squeeze(1)
+    lp_y = torch.sub(z_y, m).add_(lp_max)
+    lse_t = st.log().add_(m, alpha=1.0 / t)
+    lq_y = z_y.div_(t).sub_(lse_t)
+    if b > 0:  # neg_entropy - (a - b) log q(y) - b sum_k log q(k)
+        kl = z.sum(1).div_(t).sub_(lse_t, alpha=z.shape[1]).mul_(-b).add_(lq_y, alpha=-(a - b)).add_(neg_entropy)
+    else:
+        kl = lq_y.mul(-a).add_(neg_entropy)
+    return PixelTerms(None, None, lp_y, kl, lq_y, None, lse_t, m, s1.reciprocal_(), st.reciprocal_(), lp_max)
+
+
+class _PowWeightedLoss(torch.autograd.Function):
+    """The backward of :func:`_virtual_terms_pow`'s terms, image by image with ``u = exp((z - m) / T)``
+    recomputed: ``dL/dz = u^T (alpha g / S1) + u (beta g / (T St)) - (beta g / T) b - [k = y] (alpha g +
+    (beta g / T) (a - b))``, written into the gradient's own memory."""
+
+    @staticmethod
+    def forward(ctx, z, value, m, inv_s1, inv_st, y0, alpha, gamma, lam, n, a_minus_b, b):
+        ctx.save_for_backward(z.detach(), m, inv_s1, inv_st, y0, alpha, gamma)
+        ctx.consts = (lam, n, a_minus_b, b)
+        return value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        z, m, inv_s1, inv_st, y0, alpha, gamma = ctx.saved_tensors
+        lam, n, a_minus_b, b = ctx.consts
+        gamma = alpha if gamma is None else gamma
+        ga, gb = alpha * g, gamma * (g * (lam / n))  # [B, H, W]
+        w_p, w_q = ga.mul(inv_s1), gb.mul(inv_st)
+        grad, tmp = torch.empty_like(z), torch.empty_like(z[0])
+        for i in range(z.shape[0]):
+            ui = _exp_scaled(z[i], m[i], float(n), tmp)
+            gi = _pow_int(ui, n, out=grad[i]).mul_(w_p[i]).addcmul_(ui, w_q[i])
+            if b > 0:
+                gi.sub_(gb[i], alpha=b)
+        grad.scatter_add_(1, y0, gb.mul_(a_minus_b).add_(ga).neg_().unsqueeze(1))
+        return grad, None, None, None, None, None, None, None, None, None, None, None
+
+
 class _WeightedLoss(torch.autograd.Function):
     """Returns the precomputed value; the backward writes ``dL/dz`` from the saved log-probabilities."""
 
@@ -162,21 +246,25 @@ class _WeightedLoss(torch.autograd.Function):
             at_y = alpha * (g + c * a_minus_b)
         else:
             gamma = alpha if gamma is None else gamma
-            ga, gb = (alpha * g).unsqueeze(1), (gamma * c).unsqueeze(1)  # [B, 1, H, W]
-            # in place on the one [B, K, H, W] allocation (exp): a second full-size result costs its page faults
+            # in place on the one [B, K, H, W] allocation (exp): a second full-size result costs its page faults;
+            # at most two [B, H, W] temporaries live at a time (peak memory)
             if t == 1.0:
-                grad = log_p.exp().mul_(ga + gb)
-            elif log_q is None:  # virtual teacher at T != 1 without a stored log q: q from z and lse_t
-                grad = _add_q_times(log_p.exp().mul_(ga), z.detach(), t, lse_t, gb)
+                grad = log_p.exp().mul_(torch.mul(alpha, g).addcmul_(gamma, c).unsqueeze(1))
+                ga, gb = alpha * g, gamma * c
             else:
-                grad = _add_exp_times(log_p.exp().mul_(ga), log_q, gb)
+                ga, gb = alpha * g, gamma * c
+                grad = log_p.exp().mul_(ga.unsqueeze(1))
+                if log_q is None:  # virtual teacher at T != 1 without a stored log q: q from z and lse_t
+                    _add_q_times(grad, z.detach(), t, lse_t, gb.unsqueeze(1))
+                else:
+                    _add_exp_times(grad, log_q, gb.unsqueeze(1))
             if log_pt is not None:
-                _add_exp_times(grad, log_pt, gb, value=-1.0)
-                at_y = ga.squeeze(1).clone()
+                _add_exp_times(grad, log_pt, gb.unsqueeze(1), value=-1.0)
+                at_y = ga
             else:
                 if b > 0:
-                    grad.sub_(gb * b)
-                at_y = (ga + gb * a_minus_b).squeeze(1)
+                    grad.sub_(gb.unsqueeze(1), alpha=b)
+                at_y = ga.add_(gb, alpha=a_minus_b)
         at_y = at_y.unsqueeze(1)
         grad.scatter_add_(1, y0, at_y.neg_())
         return grad, None, None, None, None, None, None, None, None, None, None, None, None
@@ -199,6 +287,10 @@ def weighted_loss(
     if not z.requires_grad:
         return value
     a_minus_b, b = (0.0, 0.0) if virtual is None else (virtual[0] - virtual[1], virtual[1])
+    if terms.zmax is not None:
+        return _PowWeightedLoss.apply(
+            z, value, terms.zmax, terms.inv_s1, terms.inv_st, y0, alpha, gamma, lam, int(t), a_minus_b, b
+        )
     log_q = None if t == 1.0 else terms.log_q  # the same tensor twice would break torch.compile's tracing
     return _WeightedLoss.apply(
         z, value, terms.log_p, log_q, terms.log_pt, terms.lse_t, y0, alpha, gamma, lam, t, a_minus_b, b

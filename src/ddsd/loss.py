@@ -359,7 +359,8 @@ class DDSDLoss(nn.Module):
             loss = weighted_loss(z, ce + lam * kd, terms, y0, alpha, gamma, lam, t,
                                  None if teacher_logits is not None else self._virtual)
             # a pixel is correct when its target class has the largest logit (amax is much cheaper than argmax)
-            correct = valid & (terms.lp_y >= terms.log_p.amax(1))
+            lp_max = terms.log_p.amax(1) if terms.lp_max is None else terms.lp_max
+            correct = valid & (terms.lp_y >= lp_max)
         kept_sum = torch.dot((alpha if gamma is None else gamma).reshape(-1), d.reshape(-1)) * kd_n.clamp_min(1)
         if isinstance(terms, BinaryTerms):
             per_class = binary_accuracy_counts(terms.is_one, correct, valid, n_valid)
