@@ -160,3 +160,12 @@ def ref_tfkd_reg(outputs, labels, num_classes, correct_prob, temperature, multip
             torch.log_softmax(z, dim=1), torch.softmax(teacher_soft / temperature, dim=1)
         )
     return (1.0 - alpha) * loss_ce + alpha * kl * multiplier
+
+
+def hardest_loss(*args, **kwargs):
+    """``DDSDLoss`` with ``selection="hardest"`` unless a test names another selection: the selection
+    :func:`ref_loss` implements by default (the library's default is ``"bernoulli"`` since round 2)."""
+    from ddsd import DDSDLoss
+
+    kwargs.setdefault("selection", "hardest")
+    return DDSDLoss(*args, **kwargs)

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddsd import DDSDLoss
 from ddsd.schedules import Capability, Constant, Linear, Threshold
+from tests.reference import hardest_loss as DDSDLoss  # the reference selects the hardest pixels
 from tests.reference import ref_loss
 
 
@@ -262,6 +262,27 @@ def test_binary_fast_path_equals_general_path(kind, t, rate, scope, ce_on_droppe
                         schedule=Constant(rate), tie_break="index")
         expected, _ = ref_loss(z.detach(), y, 2, 0.9, rate, t=t, kd_weight=0.5, scope=scope, kind=kind)
         torch.testing.assert_close(crit(z, y).loss.double(), torch.as_tensor(expected).double(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("selection", ["bernoulli", "random", "easiest"])
+def test_binary_fast_path_equals_general_path_for_every_selection(selection):
+    """The library's default selection (bernoulli) and the controls draw the same pixels on the K = 2 path."""
+    torch.manual_seed(3)
+    z = (3 * torch.randn(3, 2, 12, 10)).requires_grad_(True)
+    y = torch.randint(0, 2, (3, 12, 10))
+    y[torch.rand(3, 12, 10) < 0.1] = 255
+    got = []
+    for fast in (True, False):
+        crit = DDSDLoss(2, schedule=Constant(0.3), selection=selection, seed=7)
+        crit._binary_fast = fast
+        z.grad = None
+        out = crit(z, y)
+        out.loss.backward()
+        got.append((out.loss.detach(), z.grad.clone(), crit.pixel_maps(z, y)[1]))
+    (loss, grad, keep), (loss_g, grad_g, keep_g) = got
+    assert torch.equal(keep, keep_g) and 0 < int(keep.sum()) < int((y != 255).sum())
+    torch.testing.assert_close(loss, loss_g, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, grad_g, rtol=1e-5, atol=1e-7)
 
 
 def test_binary_fast_path_gradcheck():
