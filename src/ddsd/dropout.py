@@ -3,8 +3,8 @@
 Given difficulties ``d`` and a rate ``r in [0, 1)``, in each scope unit ``U`` (one image for ``per_image``, the
 whole batch for ``per_batch``) with ``n = |V_U|`` valid pixels, the ``selection`` decides which are dropped:
 
-* ``hardest`` (default, the method): exactly ``floor(r n)`` valid pixels with the largest difficulty are
-  dropped, the ``n - floor(r n)`` easiest are kept;
+* ``hardest`` (this function's default; ``DDSDLoss`` defaults to ``bernoulli`` since round 2): exactly
+  ``floor(r n)`` valid pixels with the largest difficulty are dropped, the ``n - floor(r n)`` easiest are kept;
 * ``easiest``: the same count, the smallest difficulties dropped (a control);
 * ``random``: the same count, a uniformly random subset (a control: is the ranking what helps?);
 * ``bernoulli``: the literal "dropout" reading: every valid pixel is dropped independently with probability

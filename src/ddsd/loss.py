@@ -111,8 +111,8 @@ class DDSDLoss(nn.Module):
         scope: ``"per_image" | "per_batch"``; under DDP ``per_batch`` ranks each rank's local batch.
         schedule: a :class:`~ddsd.schedules.RateSchedule`, or a float for a constant rate;
             default :class:`~ddsd.schedules.Capability` (relative capability, ``r_max = 0.3``).
-        selection: ``"hardest"`` (default) | ``"random"`` | ``"easiest"`` | ``"bernoulli"``
-            (:mod:`ddsd.dropout`); the threshold schedule only works with ``hardest``.
+        selection: ``"bernoulli"`` (default: the round-2 controls, docs/method.md) | ``"hardest"`` | ``"random"``
+            | ``"easiest"`` (:mod:`ddsd.dropout`); the threshold schedule only works with ``hardest``.
         tie_break: ``"random"`` (default: seeded random order among equal difficulties) | ``"index"``.
         kd_norm: ``"kept"`` (default: KD mean over the kept pixels) | ``"valid"`` (sum over the kept pixels
             divided by the number of valid pixels).
