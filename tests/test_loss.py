@@ -230,6 +230,27 @@ def test_bad_input_errors():
     assert torch.isnan(unchecked(nan, y).loss)
 
 
+def _binary_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    z = (3 * torch.randn(3, 2, 12, 10)).requires_grad_(True)
+    y = torch.randint(0, 2, (3, 12, 10))
+    y[torch.rand(3, 12, 10) < 0.1] = 255
+    return z, y
+
+
+def _fast_and_general(make_crit, z: torch.Tensor, y: torch.Tensor) -> list[tuple]:
+    """(loss, grad, stats, difficulty, keep) of the K = 2 fast path and of the general path, in that order."""
+    got = []
+    for fast in (True, False):
+        crit = make_crit()
+        crit._binary_fast = fast
+        z.grad = None
+        out = crit(z, y)
+        out.loss.backward()
+        got.append((out.loss.detach(), z.grad.clone(), out.stats, *crit.pixel_maps(z, y)))
+    return got
+
+
 @pytest.mark.parametrize("kind", ["one_sided_kl", "kl", "target_gap", "l1"])
 @pytest.mark.parametrize("t,rate,scope,ce_on_dropped,kd_norm", [
     (1.0, 0.0, "per_image", True, "kept"), (4.0, 0.3, "per_image", True, "kept"),
@@ -238,20 +259,10 @@ def test_bad_input_errors():
 def test_binary_fast_path_equals_general_path(kind, t, rate, scope, ce_on_dropped, kd_norm):
     """K = 2 with the virtual teacher runs on the margin z_y - z_other ([B, H, W]); the general [B, K, H, W] path
     gives the same loss, gradient, statistics, difficulty and mask (up to float rounding), and the reference."""
-    torch.manual_seed(1)
-    z = (3 * torch.randn(3, 2, 12, 10)).requires_grad_(True)
-    y = torch.randint(0, 2, (3, 12, 10))
-    y[torch.rand(3, 12, 10) < 0.1] = 255
-    got = []
-    for fast in (True, False):
-        crit = DDSDLoss(2, confidence=0.9, temperature=t, difficulty=kind, scope=scope, schedule=Constant(rate),
-                        ce_on_dropped=ce_on_dropped, kd_norm=kd_norm)
-        crit._binary_fast = fast
-        z.grad = None
-        out = crit(z, y)
-        out.loss.backward()
-        got.append((out.loss.detach(), z.grad.clone(), out.stats, *crit.pixel_maps(z, y)))
-    (loss, grad, stats, d, keep), (loss_g, grad_g, stats_g, d_g, keep_g) = got
+    z, y = _binary_batch(1)
+    (loss, grad, stats, d, keep), (loss_g, grad_g, stats_g, d_g, keep_g) = _fast_and_general(
+        lambda: DDSDLoss(2, confidence=0.9, temperature=t, difficulty=kind, scope=scope, schedule=Constant(rate),
+                         ce_on_dropped=ce_on_dropped, kd_norm=kd_norm), z, y)
     torch.testing.assert_close(loss, loss_g, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, grad_g, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(d, d_g, rtol=1e-5, atol=1e-6)
@@ -267,19 +278,9 @@ def test_binary_fast_path_equals_general_path(kind, t, rate, scope, ce_on_droppe
 @pytest.mark.parametrize("selection", ["bernoulli", "random", "easiest"])
 def test_binary_fast_path_equals_general_path_for_every_selection(selection):
     """The library's default selection (bernoulli) and the controls draw the same pixels on the K = 2 path."""
-    torch.manual_seed(3)
-    z = (3 * torch.randn(3, 2, 12, 10)).requires_grad_(True)
-    y = torch.randint(0, 2, (3, 12, 10))
-    y[torch.rand(3, 12, 10) < 0.1] = 255
-    got = []
-    for fast in (True, False):
-        crit = DDSDLoss(2, schedule=Constant(0.3), selection=selection, seed=7)
-        crit._binary_fast = fast
-        z.grad = None
-        out = crit(z, y)
-        out.loss.backward()
-        got.append((out.loss.detach(), z.grad.clone(), crit.pixel_maps(z, y)[1]))
-    (loss, grad, keep), (loss_g, grad_g, keep_g) = got
+    z, y = _binary_batch(3)
+    (loss, grad, _, _, keep), (loss_g, grad_g, _, _, keep_g) = _fast_and_general(
+        lambda: DDSDLoss(2, schedule=Constant(0.3), selection=selection, seed=7), z, y)
     assert torch.equal(keep, keep_g) and 0 < int(keep.sum()) < int((y != 255).sum())
     torch.testing.assert_close(loss, loss_g, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, grad_g, rtol=1e-5, atol=1e-7)

@@ -17,24 +17,15 @@ import torch
 from torch import nn
 
 from ddsd.models.build import build_model
+from ddsd.models.weights import strip_key
 
 __all__ = ["load_model", "strip_prefixes"]
 
-_PREFIXES = ("module.", "_orig_mod.")
 
 
 def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Remove DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) key prefixes."""
-    out = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if key.startswith(p):
-                    key, changed = key[len(p):], True
-        out[key] = value
-    return out
+    return {strip_key(key): value for key, value in state_dict.items()}
 
 
 def load_model(

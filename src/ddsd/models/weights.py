@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["WeightsError", "load_state_dict_file", "load_weights"]
+__all__ = ["WeightsError", "load_state_dict_file", "load_weights", "strip_key"]
 
 _PREFIXES = ("module.", "_orig_mod.")
 _FOLDER_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -42,7 +42,8 @@ class WeightsError(ValueError):
     """Weights cannot be read or do not fit the model (the message names the path and the tensor)."""
 
 
-def _strip(key: str) -> str:
+def strip_key(key: str) -> str:
+    """``key`` without DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) prefixes, however nested."""
     changed = True
     while changed:
         changed = False
@@ -90,7 +91,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             raise WeightsError(f"cannot read weights {f}: {type(exc).__name__}: {exc}") from None
         if not isinstance(sd, Mapping):
             raise WeightsError(f"weights {f} hold a {type(sd).__name__}, not a state_dict")
-        out.update({_strip(str(k)): v for k, v in sd.items() if isinstance(v, torch.Tensor)})
+        out.update({strip_key(str(k)): v for k, v in sd.items() if isinstance(v, torch.Tensor)})
     if not out:
         raise WeightsError(f"weights {p} hold no tensors")
     return out
