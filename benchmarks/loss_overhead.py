@@ -53,12 +53,14 @@ def kd_naive(z, y, k):
 def make_variants(k, device, compiled=True, t=None):
     opts = {} if t is None else {"temperature": t}
     kd = DDSDLoss(k, confidence=A, schedule=Constant(0.0), **opts).to(device)
-    ddsd = DDSDLoss(k, confidence=A, schedule=Constant(RATE), **opts).to(device)
+    ddsd = DDSDLoss(k, confidence=A, schedule=Constant(RATE), **opts).to(device)  # the default selection
+    hardest = DDSDLoss(k, confidence=A, schedule=Constant(RATE), selection="hardest", **opts).to(device)
     out = {
         "ce": lambda z, y: F.cross_entropy(z, y, ignore_index=255),
         "kd-naive": lambda z, y: kd_naive(z, y, k),
         "kd": lambda z, y: kd(z, y).loss,
         "ddsd": lambda z, y: ddsd(z, y).loss,
+        "ddsd-hardest": lambda z, y: hardest(z, y).loss,
     }
     if compiled:
         fast = DDSDLoss(k, confidence=A, schedule=Constant(RATE), check_inputs=False, **opts).to(device)
