@@ -181,9 +181,13 @@ def own_sections(datasets: list[str], tuned: dict) -> dict:
 
 
 def control_sections(datasets: list[str], tuned: dict) -> dict:
-    return {d: (d, {f"ddsd, hardest ({setting(tuned[d]['ddsd']['overrides'])})": grid(d, "ddsd"),
-                    **{f"selection={s}": r2.root() / "controls/runs" / d / f"selection={s}" for s in r2.CONTROLS}})
-            for d in datasets}
+    sections = {}
+    for d in datasets:
+        rows = {f"ddsd, hardest ({setting(tuned[d]['ddsd']['overrides'])})": grid(d, "ddsd"),
+                **{f"selection={s}": r2.root() / "controls/runs" / d / f"selection={s}" for s in r2.CONTROLS}}
+        sections[d] = (d, rows)
+        sections[f"{d} — every selection vs kd (rate 0) at the same setting"] = (d, {"kd": grid(d, "kd"), **rows})
+    return sections
 
 
 def transfer_sections(datasets: list[str], tuned: dict) -> dict:
@@ -192,8 +196,9 @@ def transfer_sections(datasets: list[str], tuned: dict) -> dict:
     ddsd = f"ddsd ({setting(arms['ddsd'][1])})"
     sections = {}
     for d in datasets:
-        sections[f"{d} — the dropout's own effect"] = (d, {f"kd ({setting(arms['kd'][1])})": runs[d]["kd"],
-                                                           ddsd: runs[d]["ddsd"]})
+        sections[f"{d} — the dropout's own effect (every selection vs kd)"] = (
+            d, {f"kd ({setting(arms['kd'][1])})": runs[d]["kd"], ddsd: runs[d]["ddsd"],
+                **{arm: runs[d][arm] for arm in arms if arm.startswith("selection=")}})
         controls = {arm: runs[d][arm] for arm in arms if arm.startswith("selection=")}
         sections[f"{d} — selection controls"] = (d, {ddsd: runs[d]["ddsd"], **controls})
     return sections
