@@ -78,9 +78,9 @@ ABLATIONS: dict[str, dict[str, object]] = {
 }
 
 
-ROUND2_STAGES = ("fair-tune", "fair-select", "fair-grid", "own", "controls", "strength", "transfer", "fair-table",
-                 "own-table", "controls-table", "strength-table", "strength-plot",
-                 "transfer-table")  # scripts/results_round2.py
+ROUND2_STAGES = ("fair-tune", "fair-select", "fair-grid", "own", "controls", "strength", "transfer", "defaults",
+                 "fair-table", "own-table", "controls-table", "strength-table", "strength-plot",
+                 "transfer-table", "defaults-table")  # scripts/results_round2.py
 
 
 def cand_name(c: dict[str, float]) -> str:

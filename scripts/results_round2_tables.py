@@ -310,6 +310,11 @@ def main(stage: str, datasets: list[str], tuned: dict) -> int:
                              "setting", command, transfer_sections(datasets, tuned),
                              f"Not val-tuned on these datasets: every arm runs at the setting the fair tuning chose on "
                              f"{r2.TRANSFER_FROM} (the CPU budget did not fit their own tuning).")
+    if stage == "defaults-table":
+        sections = {d: (d, {f"{arm} ({setting(over)})": r2.root() / "defaults/runs" / d / arm
+                            for arm, (_, over) in r2.DEFAULT_ARMS.items()}) for d in datasets}
+        return paired_tables("defaults", "Round 2: ddsd with the library's defaults vs kd at the same (a, T, w)",
+                             command, sections, "Both arms run by the code listed below (after the loss speed-ups).")
     if stage == "strength-table":
         return strength_table(datasets, command)
     return strength_plot(datasets)
