@@ -305,6 +305,10 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
         if not r1.PLAN:
             second = tune_jobs(datasets, methods)[1]  # phase 1 may have finished meanwhile
         return rc or r1.run_all(second, a.jobs)
+    if a.stage in ("defaults", "defaults-table"):  # no tuning involved: the library's defaults
+        if a.stage == "defaults":
+            return r1.run_all(defaults_jobs(datasets, r1.seeds_of(a.seeds)), a.jobs)
+        return tables.main(a.stage, datasets, {})
     path = root() / "tuned.json"
     if not path.exists():
         raise SystemExit(f"{a.stage}: {path} does not exist; run fair-tune and fair-select first")
@@ -320,7 +324,5 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
         return r1.run_all(control_jobs(datasets, seeds, tuned), a.jobs)
     if a.stage == "transfer":
         return r1.run_all(transfer_jobs(datasets, seeds, tuned), a.jobs)
-    if a.stage == "defaults":
-        return r1.run_all(defaults_jobs(datasets, seeds), a.jobs)
     first, second = strength_jobs(datasets, seeds, tuned)
     return r1.run_all(first, a.jobs) or r1.run_all(second, a.jobs)

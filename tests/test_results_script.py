@@ -255,3 +255,16 @@ def test_round2_tables_pair_by_seed_and_record_provenance(round2, capsys):
     assert "| unet_teacher | — | — | — |" in st
     run(capsys, "strength-plot", "--datasets", "sod")
     assert (results.RESULTS / "round2/strength/sod.png").stat().st_size > 1000
+
+
+def test_round2_defaults_stage_writes_the_library_defaults_out(round2, capsys):
+    """The 'defaults' arms spell out the library's current defaults, so they stay reproducible when they change."""
+    _results, r2, run = round2
+    from ddsd.config import MethodConfig
+
+    _rc, cmds = run(capsys, "defaults", "--plan", "--datasets", "sod", "--seeds", "0-1")
+    by_arm = {c[c.index("--out") + 1].split("/")[-2]: _sets(c) for c in cmds}
+    assert [c[c.index("--method") + 1] for c in cmds[:2]] == ["kd", "ddsd"]  # seed-major pairs
+    defaults = MethodConfig()
+    for key, value in r2.DEFAULT_ARMS["ddsd"][1].items():
+        assert by_arm["ddsd"][key] == str(value) and getattr(defaults, key.split(".")[1]) == value, key
