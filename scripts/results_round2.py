@@ -273,20 +273,14 @@ def transfer_arms(tuned: dict) -> dict[str, tuple[str, dict]]:
             "selection=bernoulli": ("ddsd", {**ddsd, "method.selection": "bernoulli"})}
 
 
-def defaults_jobs(datasets: list[str], seeds: list[int]) -> list:
-    """Seed-major, like :func:`transfer_jobs`."""
-    return [(r1.train_cmd(d, m, s, over, root() / "defaults/runs" / d / arm / f"seed{s}", snapshots=False),
-             root() / "defaults/runs" / d / arm / f"seed{s}")
-            for d in datasets for s in seeds for arm, (m, over) in DEFAULT_ARMS.items()]
-
-
-def transfer_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> list:
-    """Seed-major (every arm of a seed before the next seed), so that a partial stage still pairs by seed."""
+def arm_jobs(stage: str, datasets: list[str], seeds: list[int], arms: dict[str, tuple[str, dict]]) -> list:
+    """``round2/<stage>/runs/<dataset>/<arm>/seed<k>`` for every arm -> (method, overrides); seed-major (every
+    arm of a seed before the next seed), so that a partial stage still pairs by seed."""
     jobs = []
     for d in datasets:
         for s in seeds:
-            for arm, (m, over) in transfer_arms(tuned).items():
-                out = root() / "transfer/runs" / d / arm / f"seed{s}"
+            for arm, (m, over) in arms.items():
+                out = root() / stage / "runs" / d / arm / f"seed{s}"
                 jobs.append((r1.train_cmd(d, m, s, over, out, snapshots=False), out))
     return jobs
 
@@ -307,7 +301,7 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
         return rc or r1.run_all(second, a.jobs)
     if a.stage in ("defaults", "defaults-table"):  # no tuning involved: the library's defaults
         if a.stage == "defaults":
-            return r1.run_all(defaults_jobs(datasets, r1.seeds_of(a.seeds)), a.jobs)
+            return r1.run_all(arm_jobs("defaults", datasets, r1.seeds_of(a.seeds), DEFAULT_ARMS), a.jobs)
         return tables.main(a.stage, datasets, {})
     path = root() / "tuned.json"
     if not path.exists():
@@ -323,6 +317,6 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
     if a.stage == "controls":
         return r1.run_all(control_jobs(datasets, seeds, tuned), a.jobs)
     if a.stage == "transfer":
-        return r1.run_all(transfer_jobs(datasets, seeds, tuned), a.jobs)
+        return r1.run_all(arm_jobs("transfer", datasets, seeds, transfer_arms(tuned)), a.jobs)
     first, second = strength_jobs(datasets, seeds, tuned)
     return r1.run_all(first, a.jobs) or r1.run_all(second, a.jobs)
