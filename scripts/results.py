@@ -13,8 +13,8 @@
     python scripts/results.py teacher-table|gap-table|budget-table --datasets ...
     python scripts/results.py classes --datasets camvid --methods ce,kd,tfkd,ddsd  # per-class IoU vs ce
 
-Round 2 (issue 15; scripts/results_round2.py): fair-tune, fair-select, fair-grid, own, controls, strength and
-fair-table, own-table, controls-table, strength-table, strength-plot, under docs/results/round2/.
+Round 2 (issue 15; scripts/results_round2.py): the stages of ``ROUND2_STAGES`` (fair-tune, fair-select, fair-grid,
+own, controls, strength, transfer, defaults and their tables), under docs/results/round2/.
 
 ``--extra key=value,...`` adds overrides that must not change what a run measures (device, amp, workers), e.g.
 to run a stage on a GPU machine.

@@ -62,13 +62,9 @@ OWN_BASES = ("kd", "tfkd")  # ddsd at exactly their tuned (a, T, w)
 STRENGTH_TEACHERS = (("unet_small_short", "unet_small", 0.1), ("unet_small", "unet_small", 1.0),
                      ("unet_teacher", "unet_teacher", 1.0))
 STRENGTH_METHODS = ("kd", "ddsd")
-STAGES = ("fair-tune", "fair-select", "fair-grid", "own", "controls", "strength", "transfer", "defaults",
-          "fair-table", "own-table", "controls-table", "strength-table", "strength-plot", "transfer-table",
-          "defaults-table")
 # ``transfer``: where a dataset's own fair tuning did not fit the CPU budget, its dropout's own effect and the
-# random-selection control run at the setting tuned on TRANSFER_FROM (labelled so in the table; not val-tuned)
+# selection controls (:func:`transfer_arms`) run at the setting tuned on TRANSFER_FROM (labelled so; not val-tuned)
 TRANSFER_FROM = "isbi2012_membrane"
-TRANSFER_ARMS = ("kd", "ddsd", "selection=random", "selection=bernoulli")
 # ``defaults``: the library's defaults chosen from this round (docs/method.md), written out so that the runs stay
 # what they are when the defaults change again; kd at the same (a, T, w) is the paired baseline
 KD_DEFAULTS: dict[str, object] = {"method.confidence": 0.99, "method.temperature": 4.0, "method.kd_weight": 0.5}
