@@ -3,7 +3,8 @@
 Write to a temporary file in the target's folder, flush and fsync it, ``os.replace`` it over the target (atomic
 on POSIX and Windows), then fsync the folder. Used for checkpoints, run files, the data cache and exports.
 
-:func:`exclusive_lock` keeps a second writer out of a directory (``flock``: the kernel drops the lock when its
+:func:`flocked` holds an exclusive ``flock`` (run, compare and data-cache locks); :func:`exclusive_lock` keeps a
+second writer out of a directory (``flock``: the kernel drops the lock when its
 process dies, even by SIGKILL, so a stale lock file never blocks anyone).
 """
 
@@ -91,25 +92,37 @@ class LockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed; it records the holder's pid) or raise
-    :class:`LockedError` at once naming ``what`` and the holder. Without ``fcntl`` (Windows) it does nothing."""
+def flocked(path: str | Path, wait: bool = True) -> Iterator[tuple[int, bool]]:
+    """Open ``path`` (created if needed) and hold an exclusive ``flock`` on it while the context lasts; yields
+    ``(fd, acquired)``: ``acquired`` is False only with ``wait=False`` when another process holds it. Without
+    ``fcntl`` (Windows) no file is opened and it yields ``(-1, True)``."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
-        yield
+        yield -1, True
         return
-    path = Path(path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(Path(path), os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            acquired = True
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise LockedError(f"{what} is in use by another ddsd process (pid {holder}); wait for it to end, "
-                              "or stop it, or choose another directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+            acquired = False
+        yield fd, acquired
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed; it records the holder's pid) or raise
+    :class:`LockedError` at once naming ``what`` and the holder. Without ``fcntl`` (Windows) it does nothing."""
+    with flocked(path, wait=False) as (fd, acquired):
+        if not acquired:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise LockedError(f"{what} is in use by another ddsd process (pid {holder}); wait for it to end, "
+                              "or stop it, or choose another directory")
+        if fd >= 0:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield

@@ -28,13 +28,13 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ddsd._io import atomic_write, atomic_write_bytes
+from ddsd._io import atomic_write, atomic_write_bytes, flocked
 from ddsd.data.layouts import Sample
 from ddsd.data.spec import IGNORE_INDEX, DatasetSpec
 
@@ -85,24 +85,6 @@ def array_digest(a: np.ndarray) -> str:
 def root_tag(root: Path | str | None) -> str:
     """Short hash of the resolved dataset root (entries of two folders with one name stay apart)."""
     return hashlib.sha256(str(Path(root).resolve() if root else "").encode()).hexdigest()[:10]
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path, wait: bool = True) -> Iterator[bool]:
-    """Hold an exclusive lock on ``path`` (created if needed); yields False when ``wait=False`` and it is taken."""
-    if fcntl is None:
-        yield wait
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 class SplitCache:
@@ -201,7 +183,7 @@ class SplitCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             if self.hold():
                 break
-        with _exclusive(self.dir / "build.lock"):
+        with flocked(self.dir / "build.lock"):
             for stale in self.dir.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
             for arr, path in ((images, self.images_path), (masks, self.masks_path)):
@@ -218,7 +200,7 @@ class SplitCache:
         for old in self.dir.parent.glob(self.prefix + "*"):
             if old == self.dir or not old.is_dir():
                 continue
-            with _exclusive(old / "lock", wait=False) as free:
+            with flocked(old / "lock", wait=False) as (_, free):
                 if not free:
                     continue  # another process reads it
                 trash = old.parent / f".trash-{uuid.uuid4().hex}"
