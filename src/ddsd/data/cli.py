@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ddsd._errors import fail
 from ddsd.data.check import CheckReport, check_dataset
 from ddsd.data.errors import MAX_SHOWN, DataError
 from ddsd.data.spec import PROCEDURAL_NAMES, load_spec, shipped_names
@@ -103,8 +104,7 @@ def check(
         spec = load_spec(dataset, data_root, **overrides)
         report = check_dataset(spec, splits=split or None, strict=strict)
     except DataError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(console, str(e), 1) from None
     _print_report(console, report)
     if not report.ok:
         raise typer.Exit(1)
