@@ -74,6 +74,8 @@ DEFAULT_ARMS: dict[str, tuple[str, dict[str, object]]] = {
                       "method.selection": "bernoulli", "method.difficulty": "one_sided_kl",
                       "method.tie_break": "random", "method.kd_norm": "kept"}),
 }
+# the same with the absolute capability rule (round 2's transfer runs used it): relative vs absolute, paired by seed
+DEFAULT_ARMS["ddsd-absolute"] = ("ddsd", {**DEFAULT_ARMS["ddsd"][1], "method.capability_relative": False})
 
 
 def root() -> Path:
