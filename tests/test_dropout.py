@@ -4,9 +4,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 from ddsd import keep_mask
-from ddsd._select import float_key, hash_bits, kth_smallest
+from ddsd._select import float_key, hash_bits, index_bits, kth_smallest
 from ddsd.dropout import bernoulli_drop_prob, bernoulli_uniforms, tie_priorities
 from tests.reference import ref_keep_mask
 
@@ -146,10 +147,12 @@ def test_sync_free_and_compacting_selection_agree_on_large_inputs(levels, scope)
 @pytest.mark.parametrize("tie_break", ["random", "index"])
 @pytest.mark.parametrize("rate", [0.0, 0.3, 0.75])
 @pytest.mark.parametrize("levels", [3, 50, 0])
-def test_eager_smallest_keep_equals_radix_and_reference(scope, tie_break, rate, levels):
-    """The eager selection on d's float bits (allow_sync, non-negative difficulties) keeps the same pixels as the
-    sync-free radix select on the composite keys and as the loop reference, with heavy ties (a few difficulty
-    levels, a large zero class, -0.0), void pixels and an all-void image."""
+@pytest.mark.parametrize("selection", ["hardest", "bernoulli"])
+def test_eager_selection_equals_sync_free_and_reference(scope, tie_break, rate, levels, selection):
+    """The eager selections on d's float bits (allow_sync, non-negative difficulties: ``hardest`` by histogram
+    and kthvalue, ``bernoulli`` by bins and exact ranks of the open draws only) keep the same pixels as the
+    sync-free paths (radix select / sort on the composite keys) and as the loop reference, with heavy ties (a few
+    difficulty levels, a large zero class, -0.0), void pixels and an all-void image."""
     from ddsd.dropout import select_keep
 
     g = torch.Generator().manual_seed(levels + int(100 * rate))
@@ -162,9 +165,56 @@ def test_eager_smallest_keep_equals_radix_and_reference(scope, tie_break, rate, 
     valid[2] = False
     d[~valid] = 7.0  # arbitrary values at void pixels are never kept
     c = torch.tensor(5)
-    fast = select_keep(d, valid, rate, scope, "hardest", tie_break, 3, c, nonneg=True, allow_sync=True)
-    radix = select_keep(d, valid, rate, scope, "hardest", tie_break, 3, c, nonneg=True, allow_sync=False)
+    fast = select_keep(d, valid, rate, scope, selection, tie_break, 3, c, nonneg=True, allow_sync=True)
+    radix = select_keep(d, valid, rate, scope, selection, tie_break, 3, c, nonneg=True, allow_sync=False)
     assert torch.equal(fast, radix)
     rows, n = (3, 17 * 23) if scope == "per_image" else (1, 3 * 17 * 23)
     pri = tie_priorities(rows, n, tie_break, 3, c)
-    assert torch.equal(fast, ref_keep_mask(d.clamp(min=0.0), valid, rate, scope, "hardest", pri))
+    uniforms = bernoulli_uniforms(rows, n, 3, c)
+    assert torch.equal(fast, ref_keep_mask(d.clamp(min=0.0), valid, rate, scope, selection, pri, uniforms))
+
+
+@pytest.mark.parametrize("scope", ["per_image", "per_batch"])
+@pytest.mark.parametrize("tie_break", ["random", "index"])
+def test_bernoulli_bins_resolve_open_draws_exactly_on_large_inputs(scope, tie_break, monkeypatch):
+    """Images of 128 x 96 with a 40 % zero class, a block of equal non-zero difficulties and spread values: the
+    binned selection needs exact ranks for open draws in zero bins and in difficulty bins (both seen), and its
+    mask equals the sorting implementation's at rates on both sides of 1/2 (clipped probabilities)."""
+    import ddsd._bernoulli as bern
+    from ddsd.dropout import select_keep
+
+    seen: list[Tensor] = []
+    original = bern._position_in_bin
+
+    def spy(*args):
+        seen.append(args[5].clone())  # the open pixels' bins
+        return original(*args)
+
+    monkeypatch.setattr(bern, "_position_in_bin", spy)
+    g = torch.Generator().manual_seed(7)
+    d = torch.exp(torch.randn(3, 128, 96, generator=g) * 2 - 3)
+    d[torch.rand(d.shape, generator=g) < 0.4] = 0.0
+    d[:, 10:30, 10:40] = 0.125  # a tie group inside one difficulty bin
+    valid = torch.rand(d.shape, generator=g) > 0.05
+    for step, rate in enumerate((0.02, 0.3, 0.5, 0.8)):
+        c = torch.tensor(step)
+        fast = select_keep(d, valid, rate, scope, "bernoulli", tie_break, 1, c, nonneg=True, allow_sync=True)
+        slow = select_keep(d, valid, rate, scope, "bernoulli", tie_break, 1, c, nonneg=True, allow_sync=False)
+        assert torch.equal(fast, slow)
+    n = d[0].numel() if scope == "per_image" else d.numel()
+    w, z = bern._widths(n, index_bits(n))
+    local = torch.cat(seen) % ((1 << z) + (1 << w))  # global bin -> bin within its unit
+    assert (local < (1 << z)).any() and (local >= (1 << z)).any()  # open draws among the zeros and elsewhere
+
+
+def test_draw_threshold_is_the_float_comparison():
+    """``(U + 1/2) 2^-32 >= p  <=>  U >= ceil(p 2^32 - 1/2)`` for draws next to every threshold and p in [0, 1]."""
+    from ddsd._bernoulli import draw_threshold
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.cat([torch.rand(2000, generator=g, dtype=torch.float64), torch.tensor([0.0, 1.0, 2.0**-33, 0.5]),
+                   (torch.randint(0, 2**32, (200,), generator=g).double() + 0.5) * 2.0**-32])  # p equal to a draw
+    t = draw_threshold(p)
+    for delta in (-2, -1, 0, 1):
+        u_int = (t + delta).clamp(0, 2**32 - 1)
+        assert torch.equal(u_int >= t, (u_int.double() + 0.5) * 2.0**-32 >= p)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ddsd._bernoulli import bernoulli_keep_eager, draw_threshold, drop_prob, rate_gain
 from ddsd._select import (
     float_key,
     hash_bits,
@@ -46,6 +47,7 @@ __all__ = [
     "SCOPES",
     "SELECTIONS",
     "TIE_BREAKS",
+    "bernoulli_draws",
     "bernoulli_drop_prob",
     "bernoulli_uniforms",
     "check_scope",
@@ -97,10 +99,7 @@ def bernoulli_drop_prob(rank: Tensor, num_valid: Tensor, rate: float | Tensor) -
 
     ``rank``: 0-based difficulty rank among the unit's ``n`` valid pixels (``[R, N]``), ``num_valid``: ``[R]``.
     """
-    r = torch.as_tensor(rate, dtype=torch.float64, device=rank.device)
-    g = torch.where(r <= 0.5, 2.0 * r, 0.5 / (1.0 - r))
-    x = (rank.to(torch.float64) + 0.5) / num_valid.to(torch.float64).clamp(min=1).unsqueeze(1)
-    return (g * x).clamp(max=1.0)
+    return drop_prob(rank, num_valid.unsqueeze(1), rate_gain(rate, rank.device))
 
 
 def _check_rate(rate: float | Tensor) -> None:
@@ -169,11 +168,15 @@ def tie_priorities(
     permutation ``P`` of ``0..n-1`` per step, and per row ``P xor k_r`` with a per-row key (xor with a constant
     is a bijection of ``[0, 2^m)``, so rows stay distinct; one hash over ``n``, not ``R n``, values).
     Pixels of equal difficulty are ranked by this priority (smaller = easier = kept first)."""
-    idx = torch.arange(n, device=device, dtype=torch.int64).unsqueeze(0)
+    base, row_keys = _priority_parts(rows, n, tie_break, seed, counter, device)
+    return base.expand(rows, n) if row_keys is None else base ^ row_keys
+
+
+def _priority_parts(rows: int, n: int, tie_break: str, seed: int, counter: Tensor | None, device):
+    """:func:`tie_priorities` as ``(base [1, n], row_keys [R, 1] or None)``: priority ``= base xor row_key``."""
     if tie_break == "index":
-        return idx.expand(rows, n)
-    base, row_keys = _tie_parts(rows, n, seed, counter, device)
-    return base if row_keys is None else base ^ row_keys
+        return torch.arange(n, device=device, dtype=torch.int64).unsqueeze(0), None
+    return _tie_parts(rows, n, seed, counter, device)
 
 
 def _tie_parts(rows: int, n: int, seed: int, counter: Tensor | None, device) -> tuple[Tensor, Tensor | None]:
@@ -186,11 +189,15 @@ def _tie_parts(rows: int, n: int, seed: int, counter: Tensor | None, device) -> 
     return base, (None if rows == 1 else hash_bits(torch.zeros_like(offsets), offsets, m))
 
 
-def bernoulli_uniforms(rows: int, n: int, seed: int = 0, counter: Tensor | None = None, device=None) -> Tensor:
-    """``[R, n]`` float64 uniforms in ``(0, 1)`` (32-bit hash of the pixel index, a stream of its own)."""
+def bernoulli_draws(rows: int, n: int, seed: int = 0, counter: Tensor | None = None, device=None) -> Tensor:
+    """``[R, n]`` int64 32-bit draws ``U`` (a keyed hash of the pixel index, a stream of its own)."""
     idx = torch.arange(n, device=device, dtype=torch.int64).unsqueeze(0)
-    u = hash_bits(idx, _row_offsets(rows, seed, counter, _STREAM_BERNOULLI, device), 32)
-    return (u.to(torch.float64) + 0.5) * 2.0**-32
+    return hash_bits(idx, _row_offsets(rows, seed, counter, _STREAM_BERNOULLI, device), 32)
+
+
+def bernoulli_uniforms(rows: int, n: int, seed: int = 0, counter: Tensor | None = None, device=None) -> Tensor:
+    """``[R, n]`` float64 uniforms ``u = (U + 1/2) 2^-32`` in ``(0, 1)`` of the draws :func:`bernoulli_draws`."""
+    return (bernoulli_draws(rows, n, seed, counter, device).to(torch.float64) + 0.5) * 2.0**-32
 
 
 def select_keep(
@@ -215,10 +222,15 @@ def select_keep(
     n = d.shape[1]
     m = index_bits(n)
     if allow_sync and nonneg and selection == "hardest" and d.dtype == torch.float32:
-        k = keep_counts(row_counts(v), rate)
         keep = smallest_keep_eager(
-            d.contiguous(), v, k, lambda: tie_priorities(rows, n, tie_break, seed, counter, d.device)
+            d.contiguous(), v, keep_counts(row_counts(v), rate),
+            lambda: tie_priorities(rows, n, tie_break, seed, counter, d.device),
         )
+        return keep.reshape(difficulty.shape)
+    if allow_sync and nonneg and selection == "bernoulli" and d.dtype == torch.float32:
+        draws = bernoulli_draws(rows, n, seed, counter, d.device)
+        keep = bernoulli_keep_eager(d.contiguous(), v, row_counts(v), rate, draws,
+                                    _priority_parts(rows, n, tie_break, seed, counter, d.device), m)
         return keep.reshape(difficulty.shape)
     if selection == "random":
         keys, bits = tie_priorities(rows, n, "random", seed, counter, d.device).masked_fill(~v, 1 << m), m + 1
@@ -241,8 +253,8 @@ def select_keep(
     if selection == "bernoulli":
         order = keys.argsort(dim=1)
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=d.device).expand(rows, n))
-        uniform = bernoulli_uniforms(rows, n, seed, counter, d.device)
-        keep = v & (uniform >= bernoulli_drop_prob(rank, n_valid, rate))
+        draws = bernoulli_draws(rows, n, seed, counter, d.device)  # u >= p  <=>  U >= ceil(p 2^32 - 1/2)
+        keep = v & (draws >= draw_threshold(bernoulli_drop_prob(rank, n_valid, rate)))
     else:
         k = keep_counts(n_valid, rate)
         keep = keys <= kth_smallest(keys, k, bits, allow_sync=allow_sync).unsqueeze(1)
