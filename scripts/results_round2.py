@@ -7,7 +7,7 @@ prints the commands of the unfinished runs, ``--jobs N``, ``--extra``, ``--datas
     python scripts/results.py fair-grid   --datasets ... --seeds 0-4          # ce + the tuned KD family
     python scripts/results.py own         --datasets ... --seeds 0-4   # ddsd at kd's / tfkd's tuned (a, T, w)
     python scripts/results.py controls    --datasets ... --seeds 0-4   # random / easiest / bernoulli selection
-    python scripts/results.py strength    --datasets ... --seeds 0-4   # teachers of increasing quality
+    python scripts/results.py strength    --datasets ... --seeds 0-4   # teachers of increasing quality, defaults
     python scripts/results.py fair-table|own-table|controls-table|strength-table|strength-plot --datasets ...
 
 Runs live in ``docs/results/round2/<stage>/runs/<dataset>/<method or arm>/seed<k>`` (tuning runs one level
@@ -58,10 +58,11 @@ DROPOUT_FIXED: dict[str, object] = {"method.difficulty": "one_sided_kl", "method
 CONTROLS = ("random", "easiest", "bernoulli")
 OWN_BASES = ("kd", "tfkd")  # ddsd at exactly their tuned (a, T, w)
 # teachers of increasing quality for the fixed simple student: (name, model, share of the dataset's epochs);
-# the virtual teacher (perfect by construction) is the top end, its runs are the fair grid's.
-STRENGTH_TEACHERS = (("unet_small_short", "unet_small", 0.1), ("unet_small", "unet_small", 1.0),
-                     ("unet_teacher", "unet_teacher", 1.0))
-STRENGTH_METHODS = ("kd", "ddsd")
+# the virtual teacher (perfect by construction) is the top end, its runs are the defaults stage's. unet_teacher is
+# left out on CPU: 22 min of training and ~10 min of teacher forwards per seed on ISBI (round 1's teacher stage).
+STRENGTH_TEACHERS = (("unet_small_short", "unet_small", 0.1), ("unet_small_mid", "unet_small", 0.3),
+                     ("unet_small", "unet_small", 1.0))
+STRENGTH_METHODS = ("kd", "ddsd")  # at the library's defaults (DEFAULT_ARMS), as the virtual teacher's end
 # ``transfer``: where a dataset's own fair tuning did not fit the CPU budget, its dropout's own effect and the
 # selection controls (:func:`transfer_arms`) run at the setting tuned on TRANSFER_FROM (labelled so; not val-tuned)
 TRANSFER_FROM = "isbi2012_membrane"
@@ -240,19 +241,19 @@ def teacher_run(d: str, tname: str) -> Path:
     return root() / "strength/runs" / d / "teachers" / tname / "seed0"
 
 
-def strength_jobs(datasets: list[str], seeds: list[int], tuned: dict) -> tuple[list, list]:
-    """Teachers (ce, seed 0) first; then kd / ddsd students of each, method-major so that a seed's first run
-    fills the teacher-logit cache before the next method reads it."""
+def strength_jobs(datasets: list[str], seeds: list[int]) -> tuple[list, list]:
+    """Teachers (ce, seed 0) first; then kd / ddsd students of each at the library's defaults (the network teacher
+    replaces the virtual one, so ``confidence`` is dropped), method-major so that a seed's first run fills the
+    teacher-logit cache before the next method reads it."""
     first, second = [], []
     for d in datasets:
-        need(tuned, d, *STRENGTH_METHODS)
         epochs = r1.config_epochs(d)
         for tname, model, share in STRENGTH_TEACHERS:
             t = teacher_run(d, tname)
             first.append((r1.train_cmd(d, "ce", 0, {"model.name": model, "train.epochs": max(1, round(share * epochs)),
                                                     **r1.FAST_UNET}, t, snapshots=False), t))
             for m in STRENGTH_METHODS:
-                over = {**{k: v for k, v in tuned[d][m]["overrides"].items() if k != "method.confidence"},
+                over = {**{k: v for k, v in DEFAULT_ARMS[m][1].items() if k != "method.confidence"},
                         **r1.FAST_TEACHER}
                 for s in seeds:
                     out = root() / "strength/runs" / d / tname / m / f"seed{s}"
@@ -297,16 +298,19 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
         if not r1.PLAN:
             second = tune_jobs(datasets, methods)[1]  # phase 1 may have finished meanwhile
         return rc or r1.run_all(second, a.jobs)
-    if a.stage in ("defaults", "defaults-table"):  # no tuning involved: the library's defaults
-        if a.stage == "defaults":
+    if a.stage in ("defaults", "defaults-table", "strength", "strength-table", "strength-plot"):  # no tuning
+        if a.stage == "defaults":  # involved: the library's defaults
             return r1.run_all(arm_jobs("defaults", datasets, r1.seeds_of(a.seeds), DEFAULT_ARMS), a.jobs)
+        if a.stage == "strength":
+            first, second = strength_jobs(datasets, r1.seeds_of(a.seeds))
+            return r1.run_all(first, a.jobs) or r1.run_all(second, a.jobs)
         return tables.main(a.stage, datasets, {})
     path = root() / "tuned.json"
     if not path.exists():
         raise SystemExit(f"{a.stage}: {path} does not exist; run fair-tune and fair-select first")
     tuned = json.loads(path.read_text())
     seeds = r1.seeds_of(a.seeds)
-    if a.stage.endswith("-table") or a.stage == "strength-plot":
+    if a.stage.endswith("-table"):
         return tables.main(a.stage, datasets, tuned)
     if a.stage == "fair-grid":
         return r1.run_all(grid_jobs(datasets, methods, seeds, tuned), a.jobs)
@@ -314,7 +318,4 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
         return r1.run_all(own_jobs(datasets, seeds, tuned), a.jobs)
     if a.stage == "controls":
         return r1.run_all(control_jobs(datasets, seeds, tuned), a.jobs)
-    if a.stage == "transfer":
-        return r1.run_all(arm_jobs("transfer", datasets, seeds, transfer_arms(tuned)), a.jobs)
-    first, second = strength_jobs(datasets, seeds, tuned)
-    return r1.run_all(first, a.jobs) or r1.run_all(second, a.jobs)
+    return r1.run_all(arm_jobs("transfer", datasets, seeds, transfer_arms(tuned)), a.jobs)

@@ -223,7 +223,8 @@ def strength_points(d: str) -> list[tuple[str, float, dict[str, dict[int, Run]]]
         key = "miou" if d.startswith("camvid") else "fbeta_max"
         score = t[0].get(key, math.nan) if t else math.nan
         pts.append((tname, score, {m: load(r2.root() / "strength/runs" / d / tname / m) for m in r2.STRENGTH_METHODS}))
-    pts.append(("virtual (fair grid)", 1.0, {m: load(grid(d, m)) for m in (*r2.STRENGTH_METHODS, "tfkd")}))
+    pts.append(("virtual (defaults stage)", 1.0,
+                {m: load(r2.root() / "defaults/runs" / d / m) for m in r2.STRENGTH_METHODS}))
     return pts
 
 
@@ -235,14 +236,15 @@ def mean_ci(rs: dict[int, Run], key: str):
 def strength_table(datasets: list[str], command: str) -> int:
     out = r2.root() / "strength"
     lines = ["# Teacher strength: the fixed `simple` student distilled from teachers of increasing quality", "",
-             "Teachers: `unet_small` trained for a tenth of the dataset's epochs, `unet_small`, `unet_teacher` "
-             "(ce, seed 0), and the virtual teacher (perfect by construction: score 1). Student: test main metric, "
-             "mean ± std over seeds; Δ = ddsd − kd paired by seed, 95 % t-interval.", ""]
+             "Teachers: `unet_small` trained (ce, seed 0) for a tenth, three tenths and all of the dataset's "
+             "epochs, and the virtual teacher (perfect by construction: score 1). Students: kd and ddsd at the "
+             "library's defaults (docs/method.md; the network teacher's logits at T replace the virtual teacher). "
+             "Student: test main metric, mean ± std over seeds; Δ = ddsd − kd paired by seed, 95 % t-interval.", ""]
     runs, mixed = [], []
     for d in datasets:
         key = "miou" if d.startswith("camvid") else "fbeta_max"
-        lines += [f"## {d} ({key})", "", "| teacher | teacher score | kd | ddsd | tfkd | Δ ddsd − kd |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"## {d} ({key})", "", "| teacher | teacher score | kd | ddsd | Δ ddsd − kd |",
+                  "|---|---:|---:|---:|---:|"]
         for tname, _, _ in r2.STRENGTH_TEACHERS:
             runs.append((d, f"teacher {tname}", load(r2.teacher_run(d, tname).parent)))
         for tname, score, by_m in strength_points(d):
@@ -253,8 +255,7 @@ def strength_table(datasets: list[str], command: str) -> int:
             mixed += [f"{d}: ddsd vs kd ← {tname}, seed {s}" for s in dd if s in kd and dd[s][1] != kd[s][1]]
             runs += [(d, f"{m} ← {tname}", rs) for m, rs in by_m.items()]
             tscore = f"{score:.4f}" if math.isfinite(score) else "—"
-            lines.append(f"| {tname} | {tscore} | {cell['kd']} | {cell['ddsd']} | {cell.get('tfkd', '—')} | "
-                         f"{fmt_diff(diff)} |")
+            lines.append(f"| {tname} | {tscore} | {cell['kd']} | {cell['ddsd']} | {fmt_diff(diff)} |")
         lines.append("")
     lines += provenance(command, runs, mixed)
     out.mkdir(parents=True, exist_ok=True)
@@ -277,7 +278,7 @@ def strength_plot(datasets: list[str]) -> int:
         key = "miou" if d.startswith("camvid") else "fbeta_max"
         pts = strength_points(d)
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for m, marker in (("kd", "o"), ("ddsd", "s"), ("tfkd", "^")):
+        for m, marker in (("kd", "o"), ("ddsd", "s")):
             xs, ys, lo, hi = [], [], [], []
             for _, score, by_m in pts:
                 rs = by_m.get(m, {})

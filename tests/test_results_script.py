@@ -210,9 +210,11 @@ def test_round2_own_controls_and_strength_plans(round2, capsys):
     _, st = run(capsys, "strength", "--plan", "--datasets", "sod", "--seeds", "0-1")
     teachers = [_sets(c) for c in st if "--teacher" not in c]
     assert [(t["model.name"], t["train.epochs"]) for t in teachers] == [
-        ("unet_small", str(round(0.1 * epochs))), ("unet_small", str(epochs)), ("unet_teacher", str(epochs))]
+        ("unet_small", str(round(0.1 * epochs))), ("unet_small", str(round(0.3 * epochs))), ("unet_small", str(epochs))]
     students = [c for c in st if "--teacher" in c]
     assert len(students) == 3 * 2 * 2 and all("method.confidence" not in _sets(c) for c in students)
+    ddsd = [_sets(c) for c in students if c[c.index("--method") + 1] == "ddsd"]
+    assert all(s["method.selection"] == "bernoulli" and s["method.temperature"] == "4.0" for s in ddsd)  # defaults
     assert students[0][students[0].index("--teacher") + 1].endswith(
         "round2/strength/runs/sod/teachers/unet_small_short/seed0/checkpoints/best.pt")
 
@@ -248,11 +250,14 @@ def test_round2_tables_pair_by_seed_and_record_provenance(round2, capsys):
     run(capsys, "fair-table", "--datasets", "sod")
     fair = (results.RESULTS / "round2/fair-grid/table.md").read_text()
     assert "## sod — vs ce" in fair and "## sod — vs ddsd" in fair and "| ce | 0 |" in fair
+    for s, (f_dd, f_kd) in enumerate([(0.72, 0.70), (0.76, 0.75), (0.78, 0.75)]):  # the virtual end: defaults
+        _fake_summary(results.RESULTS / "round2/defaults/runs/sod/ddsd" / f"seed{s}", f_dd)
+        _fake_summary(results.RESULTS / "round2/defaults/runs/sod/kd" / f"seed{s}", f_kd)
     run(capsys, "strength-table", "--datasets", "sod")
     st = (results.RESULTS / "round2/strength/table.md").read_text()
     virtual = next(line for line in st.splitlines() if line.startswith("| virtual"))
     assert "| 1.0000 |" in virtual and ci in virtual  # ddsd - kd at the virtual teacher: 0.02, 0.01, 0.03
-    assert "| unet_teacher | — | — | — |" in st
+    assert "| unet_small_mid | — | — | — |" in st
     run(capsys, "strength-plot", "--datasets", "sod")
     assert (results.RESULTS / "round2/strength/sod.png").stat().st_size > 1000
 
