@@ -187,7 +187,7 @@ def test_bernoulli_bins_resolve_open_draws_exactly_on_large_inputs(scope, tie_br
     original = bern._position_in_bin
 
     def spy(*args):
-        seen.append(args[5].clone())  # the open pixels' bins
+        seen.append(args[4].clone())  # the open pixels' bin indices (row * (nbins + 1) + bin)
         return original(*args)
 
     monkeypatch.setattr(bern, "_position_in_bin", spy)
@@ -203,7 +203,7 @@ def test_bernoulli_bins_resolve_open_draws_exactly_on_large_inputs(scope, tie_br
         assert torch.equal(fast, slow)
     n = d[0].numel() if scope == "per_image" else d.numel()
     w, z = bern._widths(n, index_bits(n))
-    local = torch.cat(seen) % ((1 << z) + (1 << w))  # global bin -> bin within its unit
+    local = torch.cat(seen) % ((1 << z) + (1 << w) + 1)  # -> bin within its unit
     assert (local < (1 << z)).any() and (local >= (1 << z)).any()  # open draws among the zeros and elsewhere
 
 
