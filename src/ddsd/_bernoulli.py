@@ -85,19 +85,18 @@ def bernoulli_keep_eager(
     w, z = _widths(n, m)
     nbins = (1 << z) + (1 << w)  # the zeros' priority bins, then the difficulty bins (key order)
     g = rate_gain(rate, d.device)
-    key = d.view(torch.int32).clamp(min=0)  # IEEE bits of a non-negative float grow with its value
-    zero = key == 0
-    zeros = bool(zero.any())  # host syncs from here on
+    key = d.view(torch.int32)  # IEEE bits of a non-negative float grow with its value; -0.0 (and only it) is < 0
+    k_min, k_max = (int(x) for x in torch.aminmax(key))  # host syncs from here on
     # positive keys: bin 2^z + ((k - k_low) >> shift) < nbins, k_low <= every positive key, k_max >> shift < 2^w
-    k_min, k_max = (int(x) for x in torch.aminmax(key))
-    k_low = min(int(key.masked_fill(zero, torch.iinfo(torch.int32).max).min()), k_max) if zeros else k_min
+    zero = key <= 0 if k_min <= 0 else None  # the zeros (+0.0 and -0.0)
+    k_low = k_min if zero is None else min(int(key.masked_fill(zero, torch.iinfo(torch.int32).max).min()), k_max)
     shift = max(0, (k_max - k_low).bit_length() - w)
     b = (key - k_low).bitwise_right_shift_(shift).add_(1 << z)
-    if zeros:
+    if zero is not None:
         base, row_keys = priority
         top = (base >> (m - z)).to(torch.int32)
         b = torch.where(zero, top if row_keys is None else top ^ (row_keys >> (m - z)).to(torch.int32), b)
-    del zero
+        del zero
     # one index k = r S + bin (S = nbins + 1; void pixels: R S) serves the histogram and both threshold lookups
     stride = nbins + 1
     if rows > 1:
@@ -140,7 +139,7 @@ def _position_in_bin(key: Tensor, priority: tuple[Tensor, Tensor | None], b: Ten
 
     def sort_key(r: Tensor, c: Tensor, bin_: Tensor) -> Tensor:
         k = key[r, c].to(torch.int64)
-        offset = torch.where(k > 0, (k - k_low) & ((1 << shift) - 1), 0)  # key minus the bin's lowest key
+        offset = torch.where(k > 0, (k - k_low) & ((1 << shift) - 1), 0)  # key minus the bin's lowest key (0: zeros)
         prio = base[0, c] if row_keys is None else base[0, c] ^ row_keys[r, 0]
         return (torch.searchsorted(opened, bin_) << low) | (offset << m) | prio
 
