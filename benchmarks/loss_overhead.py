@@ -9,8 +9,12 @@ kd_weight unless --temperature is given):
   ce             F.cross_entropy(ignore_index=255)
   kd-naive       CE + textbook pixel KD: the teacher tensor [B,K,H,W] materialised, F.kl_div over valid pixels
   kd             DDSDLoss at a constant rate 0 (the `kd` method: no selection)
-  ddsd           DDSDLoss at a constant rate 0.3 with the defaults (one_sided_kl, hardest, random ties)
-  ddsd-compiled  the same loss under torch.compile(fullgraph=True), check_inputs=False
+  ddsd           DDSDLoss at a constant rate 0.3 with the defaults (one_sided_kl, bernoulli, random ties):
+                 eager, the binned bernoulli selection (exact ranks only for the open draws, ddsd._bernoulli)
+  ddsd-hardest   the same with selection="hardest" (exactly the top 30 % dropped: histogram + kthvalue)
+  ddsd-compiled  `ddsd` under torch.compile(fullgraph=True), check_inputs=False (bernoulli: a sort per image,
+                 the only static-shape exact ranking)
+  ddsd-hardest-compiled  `ddsd-hardest` compiled the same way (radix select, no sort)
 Time: the variants are interleaved round by round; reported are the median per variant, its ratio to `ce`
 (ratio of medians) and the median of the per-round ratios (each variant timed right next to `ce`). On CPU the
 clock is the thread's CPU time (``time.thread_time``) by default: on a shared machine the wall clock also counts
@@ -65,6 +69,9 @@ def make_variants(k, device, compiled=True, t=None):
     if compiled:
         fast = DDSDLoss(k, confidence=A, schedule=Constant(RATE), check_inputs=False, **opts).to(device)
         out["ddsd-compiled"] = torch.compile(lambda z, y: fast(z, y).loss, fullgraph=True)
+        fast_h = DDSDLoss(k, confidence=A, schedule=Constant(RATE), selection="hardest", check_inputs=False,
+                          **opts).to(device)
+        out["ddsd-hardest-compiled"] = torch.compile(lambda z, y: fast_h(z, y).loss, fullgraph=True)
     return out
 
 
@@ -137,9 +144,9 @@ def bench(shape, shape_text, device, args, clock):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(run_once(variants[name], z, y, device, clock))
     if device.type == "cuda":
-        mem = {name: peak_mb(fn, z, y, device) for name, fn in variants.items() if name != "ddsd-compiled"}
+        mem = {name: peak_mb(fn, z, y, device) for name, fn in variants.items() if not name.endswith("-compiled")}
     else:
-        mem = {name: peak_in_subprocess(shape_text, name, args) for name in variants if name != "ddsd-compiled"}
+        mem = {name: peak_in_subprocess(shape_text, name, args) for name in variants if not name.endswith("-compiled")}
     return times, mem
 
 

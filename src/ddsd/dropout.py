@@ -23,7 +23,9 @@ saving the counter (no ``torch.Generator`` state).
 Cost: ``hardest`` / ``easiest`` / ``random`` are O(N): one unique int64 key per pixel (difficulty bits, then
 priority bits) and an exact radix select of the k-th key per unit (:func:`ddsd._select.kth_smallest`), then one
 comparison; no sort, no host sync, so the rate (a tensor) changes without recompiling a compiled step.
-``bernoulli`` needs every pixel's rank: one sort per unit (O(N log N)).
+``bernoulli`` needs ranks: in eager with non-negative difficulties only those of the few pixels whose draw
+depends on them (:mod:`ddsd._bernoulli`: bins, one histogram, exact ranks of the open draws), otherwise (compiled,
+negative difficulties) one sort per unit (O(N log N)); both give the same mask.
 """
 
 from __future__ import annotations
