@@ -28,22 +28,40 @@ export never leaves a half-written file. :func:`export_checkpoint` checks the ne
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
 import typer
 from torch import nn
 
+from ._export_common import (
+    _DYNAMIC_EXTRA,
+    DEFAULT_ATOL,
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_OPSET,
+    DEFAULT_SIZE,
+    FORMATS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ExportCheck,
+    ExportCheckError,
+    ExportError,
+    Format,
+    _check_format,
+    _check_size,
+    _eval_mode,
+    _model_device,
+    _require_onnx,
+)
+from ._export_verify import verify_export
 from ._io import atomic_path
 from .models.cli import parse_size as parse_cli_size
 from .models.loading import load_model
-from .models.outputs import LogitsModule, to_logits
+from .models.outputs import LogitsModule
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -60,120 +78,6 @@ __all__ = [
     "parse_size",
     "verify_export",
 ]
-
-Format = Literal["onnx", "torchscript"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript")
-DEFAULT_SIZE: tuple[int, int] = (360, 480)
-DEFAULT_ATOL: float = 1e-3
-DEFAULT_MIN_AGREEMENT: float = 0.999
-DEFAULT_OPSET: int = 17
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-_DYNAMIC_EXTRA: tuple[int, int, int] = (1, 8, 16)  # extra (batch, height, width) for the dynamic check
-_EXTRA_HINT = "install the export extra: pip install 'ddsd[export]'"
-
-
-class ExportError(RuntimeError):
-    """The model could not be exported (the message says why); no output file was written."""
-
-
-class ExportCheckError(RuntimeError):
-    """The exported artefact does not reproduce the PyTorch outputs; the bad file has been deleted."""
-
-
-@dataclass(frozen=True)
-class ExportCheck:
-    """Result of checking an exported artefact against the PyTorch model.
-
-    Attributes:
-        path: the exported file.
-        fmt: ``"onnx"`` or ``"torchscript"``.
-        size: export ``(H, W)``.
-        dynamic: whether batch/H/W are dynamic axes.
-        shapes: input shapes ``(B, 3, H, W)`` that were checked.
-        max_abs_diff: max |exported - PyTorch| over all logits of all checked inputs.
-        argmax_agreement: fraction of pixels (over all checked inputs) with the same argmax class.
-        atol: tolerance on ``max_abs_diff`` that was applied.
-        file_size: size of the exported file in bytes.
-    """
-
-    path: Path
-    fmt: str
-    size: tuple[int, int]
-    dynamic: bool
-    shapes: tuple[tuple[int, int, int, int], ...]
-    max_abs_diff: float
-    argmax_agreement: float
-    atol: float
-    file_size: int
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _require_onnx() -> tuple[Any, Any]:
-    """Import ``(onnx, onnxruntime)`` or raise ``ImportError`` telling the user to install the extra."""
-    missing = []
-    onnx = ort = None
-    try:
-        import onnx
-    except ImportError:
-        missing.append("onnx")
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        missing.append("onnxruntime")
-    if missing:
-        raise ImportError(f"ONNX export needs {' and '.join(missing)}, which are not installed; {_EXTRA_HINT}")
-    return onnx, ort
-
-
-def _check_format(fmt: str) -> str:
-    key = str(fmt).strip().lower()
-    if key not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    return key
-
-
-def _check_size(size: Sequence[int]) -> tuple[int, int]:
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be a pair (H, W) of positive integers, got {size!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be a pair (H, W) of positive integers, got {size!r}")
-    return h, w
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore its previous train/eval flags afterwards."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-
-
-def _inputs(size: tuple[int, int], dynamic: bool, seed: int) -> list[torch.Tensor]:
-    """Random ``[1, 3, H, W]`` (and, if dynamic, ``[2, 3, H + 8, W + 16]``) float32 inputs."""
-    h, w = size
-    shapes = [(1, 3, h, w)]
-    if dynamic:
-        db, dh, dw = _DYNAMIC_EXTRA
-        shapes.append((1 + db, 3, h + dh, w + dw))
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(*s, generator=gen) for s in shapes]
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -308,102 +212,6 @@ def export_model(
 
 
 # ---------------------------------------------------------------------------------------------- checks
-
-
-def _runner(path: Path, fmt: str) -> Any:
-    """A callable ``np.ndarray/torch.Tensor [B, 3, H, W] -> torch.Tensor [B, K, H, W]`` running the artefact."""
-    if fmt == "onnx":
-        _, ort = _require_onnx()
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-
-        def run_onnx(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
-
-        return run_onnx
-    module = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def run_ts(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return module(x.cpu())
-
-    return run_ts
-
-
-def verify_export(
-    model: nn.Module,
-    path: str | Path,
-    fmt: Format,
-    size: Sequence[int] = DEFAULT_SIZE,
-    dynamic: bool = False,
-    atol: float = DEFAULT_ATOL,
-    seed: int = 0,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
-) -> ExportCheck:
-    """Run the exported file at ``path`` and compare it with ``model`` (eval mode, no grad) on random inputs.
-
-    Inputs (``torch.randn`` seeded with ``seed``): ``[1, 3, H, W]`` at the export size and, when
-    ``dynamic``, also ``[2, 3, H + 8, W + 16]``. ONNX files run in onnxruntime
-    (``CPUExecutionProvider``), TorchScript files through ``torch.jit.load`` on the CPU.
-
-    Returns:
-        an :class:`ExportCheck` with the max abs logit difference and the argmax agreement over all inputs.
-
-    Raises:
-        ExportCheckError: the file cannot be loaded or run, an output shape is not ``[B, K, H, W]``,
-            ``max_abs_diff > atol``, or ``argmax_agreement < min_agreement``. The file at ``path`` is
-            deleted first, so a bad export is never left behind.
-        ImportError: an ONNX check without ``onnxruntime`` installed (the file is kept).
-    """
-    kind = _check_format(fmt)
-    size = _check_size(size)
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"exported file not found: {path}")
-    if kind == "onnx":
-        _require_onnx()
-
-    def fail(message: str) -> ExportCheckError:
-        path.unlink(missing_ok=True)
-        return ExportCheckError(f"{kind} export {path} failed the check (the file was deleted): {message}")
-
-    device = _model_device(model)
-    xs = _inputs(size, dynamic, seed)
-    max_diff, agree, total = 0.0, 0, 0
-    try:
-        run = _runner(path, kind)
-    except Exception as exc:
-        raise fail(f"cannot load it ({type(exc).__name__}: {exc})") from None
-    with _eval_mode(model), torch.no_grad():
-        for x in xs:
-            ref = to_logits(model(x.to(device)), x.shape[-2:]).float().cpu()
-            try:
-                got = run(x).float()
-            except Exception as exc:
-                raise fail(f"running it on input {tuple(x.shape)} raised {type(exc).__name__}: {exc}") from None
-            if got.shape != ref.shape:
-                raise fail(f"output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)} for input {tuple(x.shape)}")
-            max_diff = max(max_diff, float((got - ref).abs().max()) if ref.numel() else 0.0)
-            if not torch.isfinite(got).all():
-                max_diff = float("inf")
-            agree += int((got.argmax(1) == ref.argmax(1)).sum())
-            total += ref.shape[0] * ref.shape[2] * ref.shape[3]
-    agreement = agree / total if total else 1.0
-    if not max_diff <= atol:
-        raise fail(f"max abs logit difference {max_diff:.3g} > atol {atol:.3g} (argmax agreement {agreement:.5f})")
-    if agreement < min_agreement:
-        raise fail(f"argmax agreement {agreement:.5f} < {min_agreement} (max abs logit difference {max_diff:.3g})")
-    return ExportCheck(
-        path=path,
-        fmt=kind,
-        size=size,
-        dynamic=bool(dynamic),
-        shapes=tuple((int(x.shape[0]), int(x.shape[1]), int(x.shape[2]), int(x.shape[3])) for x in xs),
-        max_abs_diff=max_diff,
-        argmax_agreement=agreement,
-        atol=float(atol),
-        file_size=path.stat().st_size,
-    )
 
 
 def _config_size(config: Mapping[str, Any]) -> tuple[int, int]:
