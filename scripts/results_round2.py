@@ -7,6 +7,7 @@ prints the commands of the unfinished runs, ``--jobs N``, ``--extra``, ``--datas
     python scripts/results.py fair-grid   --datasets ... --seeds 0-4          # ce + the tuned KD family
     python scripts/results.py own         --datasets ... --seeds 0-4   # ddsd at kd's / tfkd's tuned (a, T, w)
     python scripts/results.py controls    --datasets ... --seeds 0-4   # random / easiest / bernoulli selection
+    python scripts/results.py defaults    --datasets ... --seeds 0-4 [--methods kd,ddsd]  # the library defaults
     python scripts/results.py strength    --datasets ... --seeds 0-4   # teachers of increasing quality, defaults
     python scripts/results.py fair-table|own-table|controls-table|strength-table|strength-plot --datasets ...
 
@@ -288,6 +289,7 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
     """Run one round-2 stage (``a``: the parsed arguments of scripts/results.py)."""
     import results_round2_tables as tables
 
+    arms = {a_: v for a_, v in DEFAULT_ARMS.items() if not methods or a_ in methods}  # --methods picks arms here
     methods = methods or list(GRID_METHODS)
     if a.stage == "fair-select":
         select(datasets, methods)
@@ -300,7 +302,7 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
         return rc or r1.run_all(second, a.jobs)
     if a.stage in ("defaults", "defaults-table", "strength", "strength-table", "strength-plot"):  # no tuning
         if a.stage == "defaults":  # involved: the library's defaults
-            return r1.run_all(arm_jobs("defaults", datasets, r1.seeds_of(a.seeds), DEFAULT_ARMS), a.jobs)
+            return r1.run_all(arm_jobs("defaults", datasets, r1.seeds_of(a.seeds), arms), a.jobs)
         if a.stage == "strength":
             first, second = strength_jobs(datasets, r1.seeds_of(a.seeds))
             return r1.run_all(first, a.jobs) or r1.run_all(second, a.jobs)
