@@ -165,8 +165,10 @@ def defaults_sections(datasets: list[str]) -> dict:
     for d in datasets:
         label = {arm: f"{arm} ({setting(over)})" for arm, (_, over) in r2.DEFAULT_ARMS.items()}
         runs = {arm: r2.root() / "defaults/runs" / d / arm for arm in r2.DEFAULT_ARMS}
-        sections[d] = (d, {label[arm]: runs[arm] for arm in r2.DEFAULT_ARMS})
-        sections[f"{d} — relative vs absolute capability"] = (d, {label[a]: runs[a] for a in ("ddsd-absolute", "ddsd")})
+        ran = [arm for arm in r2.DEFAULT_ARMS if arm in ("kd", "ddsd") or any(runs[arm].glob("seed*/summary.json"))]
+        sections[d] = (d, {label[arm]: runs[arm] for arm in ran})  # an arm not run on d (--methods) is left out
+        if "ddsd-absolute" in ran:
+            sections[f"{d} — relative vs absolute capability"] = (d, {label[a]: runs[a] for a in ("ddsd-absolute", "ddsd")})
     return sections
 
 
