@@ -168,7 +168,8 @@ def defaults_sections(datasets: list[str]) -> dict:
         ran = [arm for arm in r2.DEFAULT_ARMS if arm in ("kd", "ddsd") or any(runs[arm].glob("seed*/summary.json"))]
         sections[d] = (d, {label[arm]: runs[arm] for arm in ran})  # an arm not run on d (--methods) is left out
         if "ddsd-absolute" in ran:
-            sections[f"{d} — relative vs absolute capability"] = (d, {label[a]: runs[a] for a in ("ddsd-absolute", "ddsd")})
+            pair = ("ddsd-absolute", "ddsd")
+            sections[f"{d} — relative vs absolute capability"] = (d, {label[a]: runs[a] for a in pair})
     return sections
 
 
