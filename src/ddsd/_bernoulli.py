@@ -30,6 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ddsd._select import hash_bits
+
 __all__ = ["bernoulli_keep_eager", "draw_threshold", "drop_prob", "rate_gain"]
 
 
@@ -67,7 +69,7 @@ def bernoulli_keep_eager(
     valid: Tensor,
     num_valid: Tensor,
     rate: float | Tensor,
-    draws: Tensor,
+    draw_keys: Tensor,
     priority: tuple[Tensor, Tensor | None],
     m: int,
 ) -> Tensor:
@@ -76,7 +78,9 @@ def bernoulli_keep_eager(
     Args:
         d: ``[R, n]`` float32 difficulties ``>= 0`` (``-0.0`` counts as ``+0.0``), no NaN; one row per unit.
         valid: ``[R, n]`` bool; ``num_valid``: ``[R]`` int64, its row counts.
-        rate: ``r in [0, 1)``; ``draws``: ``[R, n]`` int64 32-bit draws ``U`` (``u = (U + 1/2) 2^-32``).
+        rate: ``r in [0, 1)``; ``draw_keys``: ``[R, 1]`` int64 keys of the rows' 32-bit draws: pixel ``(r, c)``
+            draws ``U = hash_bits(c, draw_keys[r], 32)`` (``u = (U + 1/2) 2^-32``,
+            :func:`ddsd.dropout.bernoulli_draws`), computed image by image here.
         priority: the tie priorities (distinct within a row, in ``[0, 2^m)``) as ``(base [1, n], row_keys [R, 1]
             or None)``: pixel ``(r, c)`` has ``base[c] xor row_keys[r]`` (:func:`ddsd.dropout.tie_priorities`).
         m: the priorities' bit width.
@@ -110,16 +114,23 @@ def bernoulli_keep_eager(
     never = torch.full((2,), 1 << 40, dtype=torch.int64, device=d.device)  # void pixels: neither kept nor open
     # table[k + 1] = F(last rank of the pixel's bin), table[k] = F(last rank of the bin before) = F(lo - 1) <= F(lo)
     table = torch.cat([draw_threshold(drop_prob(lo_tab + hist - 1, num_valid.unsqueeze(1), g)).view(-1), never])
-    keep = draws >= table[1:].index_select(0, k).view(rows, n)  # kept whatever the rank in the bin (void: never)
-    open_ = keep.logical_not()
-    open_ &= draws >= table.index_select(0, k).view(rows, n)  # below: dropped whatever the rank (void: never open)
+    keep = torch.empty(rows, n, dtype=torch.bool, device=d.device)
+    open_ = torch.empty_like(keep)
+    idx = torch.arange(n, device=d.device)
+    buf = torch.empty(n, dtype=torch.int64, device=d.device)
+    for r in range(rows):  # image by image: the [n] temporaries are reused (fresh [R, n] ones cost page faults)
+        u = hash_bits(idx, draw_keys[r], 32)  # the row's 32-bit draws U
+        torch.ge(u, torch.index_select(table[1:], 0, b[r], out=buf), out=keep[r])  # kept whatever the rank
+        torch.ge(u, torch.index_select(table, 0, b[r], out=buf), out=open_[r])  # dropped below, whatever the rank
+    open_ &= keep.logical_not()  # (void pixels: never kept, never open)
     if not bool(open_.any()):  # host sync
         return keep
     r_idx, c_idx = open_.nonzero(as_tuple=True)
     bins = b[r_idx, c_idx].to(torch.int64)  # their k
     rank = lo_tab.view(-1)[bins + 1] + _position_in_bin(key, priority, b, rows * stride, bins, r_idx, c_idx,
                                                          k_low, shift, m)
-    keep[r_idx, c_idx] = draws[r_idx, c_idx] >= draw_threshold(drop_prob(rank, num_valid[r_idx], g))
+    draws = hash_bits(c_idx, draw_keys[r_idx, 0], 32)
+    keep[r_idx, c_idx] = draws >= draw_threshold(drop_prob(rank, num_valid[r_idx], g))
     return keep
 
 

@@ -230,8 +230,8 @@ def select_keep(
         )
         return keep.reshape(difficulty.shape)
     if allow_sync and nonneg and selection == "bernoulli" and d.dtype == torch.float32:
-        draws = bernoulli_draws(rows, n, seed, counter, d.device)
-        keep = bernoulli_keep_eager(d.contiguous(), v, row_counts(v), rate, draws,
+        keys = _row_offsets(rows, seed, counter, _STREAM_BERNOULLI, d.device)  # bernoulli_draws' keys
+        keep = bernoulli_keep_eager(d.contiguous(), v, row_counts(v), rate, keys,
                                     _priority_parts(rows, n, tie_break, seed, counter, d.device), m)
         return keep.reshape(difficulty.shape)
     if selection == "random":
