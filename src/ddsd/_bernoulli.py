@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ddsd._select import hash_bits
 
-__all__ = ["bernoulli_keep_eager", "draw_threshold", "drop_prob", "rate_gain"]
+__all__ = ["bernoulli_keep_eager", "draw_threshold", "draws_at", "drop_prob", "rate_gain"]
 
 
 def drop_prob(rank: Tensor, num_valid: Tensor, g: Tensor) -> Tensor:
@@ -48,6 +48,12 @@ def rate_gain(rate: float | Tensor, device=None) -> Tensor:
     """``g(r) = 2r`` for ``r <= 1/2``, ``1 / (2(1 - r))`` above (float64 0-d tensor)."""
     r = torch.as_tensor(rate, dtype=torch.float64, device=device)
     return torch.where(r <= 0.5, 2.0 * r, 0.5 / (1.0 - r))
+
+
+def draws_at(index: Tensor, keys: Tensor) -> Tensor:
+    """The 32-bit draws ``U`` (int64) of pixels at flat ``index`` in units keyed by ``keys`` (broadcast together):
+    ``hash_bits(index, key, 32)``; ``u = (U + 1/2) 2^-32``. The one definition of the ``bernoulli`` draws."""
+    return hash_bits(index, keys, 32)
 
 
 def draw_threshold(p: Tensor) -> Tensor:
@@ -79,8 +85,8 @@ def bernoulli_keep_eager(
         d: ``[R, n]`` float32 difficulties ``>= 0`` (``-0.0`` counts as ``+0.0``), no NaN; one row per unit.
         valid: ``[R, n]`` bool; ``num_valid``: ``[R]`` int64, its row counts.
         rate: ``r in [0, 1)``; ``draw_keys``: ``[R, 1]`` int64 keys of the rows' 32-bit draws: pixel ``(r, c)``
-            draws ``U = hash_bits(c, draw_keys[r], 32)`` (``u = (U + 1/2) 2^-32``,
-            :func:`ddsd.dropout.bernoulli_draws`), computed image by image here.
+            draws ``U = draws_at(c, draw_keys[r])`` (:func:`ddsd.dropout.bernoulli_draws`), computed image by
+            image here.
         priority: the tie priorities (distinct within a row, in ``[0, 2^m)``) as ``(base [1, n], row_keys [R, 1]
             or None)``: pixel ``(r, c)`` has ``base[c] xor row_keys[r]`` (:func:`ddsd.dropout.tie_priorities`).
         m: the priorities' bit width.
@@ -119,7 +125,7 @@ def bernoulli_keep_eager(
     idx = torch.arange(n, device=d.device)
     buf = torch.empty(n, dtype=torch.int64, device=d.device)
     for r in range(rows):  # image by image: the [n] temporaries are reused (fresh [R, n] ones cost page faults)
-        u = hash_bits(idx, draw_keys[r], 32)  # the row's 32-bit draws U
+        u = draws_at(idx, draw_keys[r])  # the row's 32-bit draws U
         torch.ge(u, torch.index_select(table[1:], 0, b[r], out=buf), out=keep[r])  # kept whatever the rank
         torch.ge(u, torch.index_select(table, 0, b[r], out=buf), out=open_[r])  # dropped below, whatever the rank
     open_ &= keep.logical_not()  # (void pixels: never kept, never open)
@@ -129,8 +135,7 @@ def bernoulli_keep_eager(
     bins = b[r_idx, c_idx].to(torch.int64)  # their k
     rank = lo_tab.view(-1)[bins + 1] + _position_in_bin(key, priority, b, rows * stride, bins, r_idx, c_idx,
                                                          k_low, shift, m)
-    draws = hash_bits(c_idx, draw_keys[r_idx, 0], 32)
-    keep[r_idx, c_idx] = draws >= draw_threshold(drop_prob(rank, num_valid[r_idx], g))
+    keep[r_idx, c_idx] = draws_at(c_idx, draw_keys[r_idx, 0]) >= draw_threshold(drop_prob(rank, num_valid[r_idx], g))
     return keep
 
 
@@ -148,13 +153,13 @@ def _position_in_bin(key: Tensor, priority: tuple[Tensor, Tensor | None], b: Ten
     active[opened] = True
     base, row_keys = priority
 
-    def sort_key(r: Tensor, c: Tensor, bin_: Tensor) -> Tensor:
+    def sort_key(r: Tensor, c: Tensor, first: Tensor) -> Tensor:  # first: the key of the bin's start
         k = key[r, c].to(torch.int64)
         offset = torch.where(k > 0, (k - k_low) & ((1 << shift) - 1), 0)  # key minus the bin's lowest key (0: zeros)
         prio = base[0, c] if row_keys is None else base[0, c] ^ row_keys[r, 0]
-        return (torch.searchsorted(opened, bin_) << low) | (offset << m) | prio
+        return first | (offset << m) | prio
 
     mr, mc = active.index_select(0, b.view(-1)).view(b.shape).nonzero(as_tuple=True)
-    ordered = sort_key(mr, mc, b[mr, mc].to(torch.int64)).sort().values
-    pos = torch.searchsorted(ordered, sort_key(r_idx, c_idx, bins))
-    return pos - torch.searchsorted(ordered, torch.searchsorted(opened, bins) << low)
+    ordered = sort_key(mr, mc, torch.searchsorted(opened, b[mr, mc].to(torch.int64)) << low).sort().values
+    first = torch.searchsorted(opened, bins) << low
+    return torch.searchsorted(ordered, sort_key(r_idx, c_idx, first)) - torch.searchsorted(ordered, first)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddsd._bernoulli import bernoulli_keep_eager, draw_threshold, drop_prob, rate_gain
+from ddsd._bernoulli import bernoulli_keep_eager, draw_threshold, draws_at, drop_prob, rate_gain
 from ddsd._select import (
     float_key,
     hash_bits,
@@ -49,6 +49,7 @@ __all__ = [
     "SCOPES",
     "SELECTIONS",
     "TIE_BREAKS",
+    "bernoulli_draw_keys",
     "bernoulli_draws",
     "bernoulli_drop_prob",
     "bernoulli_uniforms",
@@ -194,7 +195,12 @@ def _tie_parts(rows: int, n: int, seed: int, counter: Tensor | None, device) -> 
 def bernoulli_draws(rows: int, n: int, seed: int = 0, counter: Tensor | None = None, device=None) -> Tensor:
     """``[R, n]`` int64 32-bit draws ``U`` (a keyed hash of the pixel index, a stream of its own)."""
     idx = torch.arange(n, device=device, dtype=torch.int64).unsqueeze(0)
-    return hash_bits(idx, _row_offsets(rows, seed, counter, _STREAM_BERNOULLI, device), 32)
+    return draws_at(idx, bernoulli_draw_keys(rows, seed, counter, device))
+
+
+def bernoulli_draw_keys(rows: int, seed: int = 0, counter: Tensor | None = None, device=None) -> Tensor:
+    """``[R, 1]`` int64 keys of the units' draws: pixel ``(r, c)`` draws ``draws_at(c, keys[r])``."""
+    return _row_offsets(rows, seed, counter, _STREAM_BERNOULLI, device)
 
 
 def bernoulli_uniforms(rows: int, n: int, seed: int = 0, counter: Tensor | None = None, device=None) -> Tensor:
@@ -230,7 +236,7 @@ def select_keep(
         )
         return keep.reshape(difficulty.shape)
     if allow_sync and nonneg and selection == "bernoulli" and d.dtype == torch.float32:
-        keys = _row_offsets(rows, seed, counter, _STREAM_BERNOULLI, d.device)  # bernoulli_draws' keys
+        keys = bernoulli_draw_keys(rows, seed, counter, d.device)
         keep = bernoulli_keep_eager(d.contiguous(), v, row_counts(v), rate, keys,
                                     _priority_parts(rows, n, tie_break, seed, counter, d.device), m)
         return keep.reshape(difficulty.shape)
