@@ -14,7 +14,7 @@
     python scripts/results.py classes --datasets camvid --methods ce,kd,tfkd,ddsd  # per-class IoU vs ce
 
 Round 2 (issue 15; scripts/results_round2.py): the stages of ``ROUND2_STAGES`` (fair-tune, fair-select, fair-grid,
-own, controls, strength, transfer, defaults and their tables), under docs/results/round2/.
+own, controls, strength, transfer, defaults, student and their tables), under docs/results/round2/.
 
 ``--extra key=value,...`` adds overrides that must not change what a run measures (device, amp, workers), e.g.
 to run a stage on a GPU machine.
@@ -79,8 +79,8 @@ ABLATIONS: dict[str, dict[str, object]] = {
 
 
 ROUND2_STAGES = ("fair-tune", "fair-select", "fair-grid", "own", "controls", "strength", "transfer", "defaults",
-                 "fair-table", "own-table", "controls-table", "strength-table", "strength-plot",
-                 "transfer-table", "defaults-table")  # scripts/results_round2.py
+                 "student", "fair-table", "own-table", "controls-table", "strength-table", "strength-plot",
+                 "transfer-table", "defaults-table", "student-table")  # scripts/results_round2.py
 
 
 def cand_name(c: dict[str, float]) -> str:

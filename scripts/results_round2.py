@@ -9,7 +9,9 @@ prints the commands of the unfinished runs, ``--jobs N``, ``--extra``, ``--datas
     python scripts/results.py controls    --datasets ... --seeds 0-4   # random / easiest / bernoulli selection
     python scripts/results.py defaults    --datasets ... --seeds 0-4 [--methods kd,ddsd]  # the library defaults
     python scripts/results.py strength    --datasets ... --seeds 0-4   # teachers of increasing quality, defaults
+    python scripts/results.py student     --datasets ... --seeds 0-4   # SegFormer-B0 student: ce, kd, ddsd
     python scripts/results.py fair-table|own-table|controls-table|strength-table|strength-plot --datasets ...
+    python scripts/results.py student-table --datasets ...
 
 Runs live in ``docs/results/round2/<stage>/runs/<dataset>/<method or arm>/seed<k>`` (tuning runs one level
 deeper, ``.../<method>/<candidate>/seed0``); a run whose summary.json exists is skipped, one with a checkpoint
@@ -78,6 +80,19 @@ DEFAULT_ARMS: dict[str, tuple[str, dict[str, object]]] = {
 }
 # the same with the absolute capability rule (round 2's transfer runs used it): relative vs absolute, paired by seed
 DEFAULT_ARMS["ddsd-absolute"] = ("ddsd", {**DEFAULT_ARMS["ddsd"][1], "method.capability_relative": False})
+# ``student``: a realistic student, Hugging Face SegFormer-B0 from random initialisation (nothing downloaded), with
+# ce and the defaults stage's kd / ddsd arms. CPU budget: bf16 autocast + channels_last (r1.FAST_UNET) and half the
+# dataset's epochs (SOD: ~20 s per epoch on one thread, 15 epochs ~5 min per run); every arm gets the same budget
+STUDENT_MODEL: dict[str, object] = {"model.name": "segformer_b0", **r1.FAST_UNET}
+STUDENT_EPOCH_SHARE = 0.5
+STUDENT_ARMS = ("ce", "kd", "ddsd")
+
+
+def student_arms(d: str) -> dict[str, tuple[str, dict]]:
+    """arm -> (method, overrides) of the ``student`` stage on dataset ``d``."""
+    model = {**STUDENT_MODEL, "train.epochs": max(1, round(STUDENT_EPOCH_SHARE * r1.config_epochs(d)))}
+    return {arm: ("ce", model) if arm == "ce" else (DEFAULT_ARMS[arm][0], {**DEFAULT_ARMS[arm][1], **model})
+            for arm in STUDENT_ARMS}
 
 
 def root() -> Path:
@@ -300,9 +315,13 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
         if not r1.PLAN:
             second = tune_jobs(datasets, methods)[1]  # phase 1 may have finished meanwhile
         return rc or r1.run_all(second, a.jobs)
-    if a.stage in ("defaults", "defaults-table", "strength", "strength-table", "strength-plot"):  # no tuning
-        if a.stage == "defaults":  # involved: the library's defaults
+    if a.stage in ("defaults", "defaults-table", "strength", "strength-table", "strength-plot", "student",
+                   "student-table"):  # no tuning involved: the library's defaults
+        if a.stage == "defaults":
             return r1.run_all(arm_jobs("defaults", datasets, r1.seeds_of(a.seeds), arms), a.jobs)
+        if a.stage == "student":
+            return r1.run_all([j for d in datasets for j in arm_jobs("student", [d], r1.seeds_of(a.seeds),
+                                                                      student_arms(d))], a.jobs)
         if a.stage == "strength":
             first, second = strength_jobs(datasets, r1.seeds_of(a.seeds))
             return r1.run_all(first, a.jobs) or r1.run_all(second, a.jobs)

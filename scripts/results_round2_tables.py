@@ -173,6 +173,17 @@ def defaults_sections(datasets: list[str]) -> dict:
     return sections
 
 
+def student_sections(datasets: list[str]) -> dict:
+    """Per dataset: the SegFormer-B0 student's arms vs ce, then ddsd vs kd paired directly."""
+    sections = {}
+    for d in datasets:
+        label = {arm: f"{arm} ({setting(over)})" for arm, (_, over) in r2.student_arms(d).items()}
+        runs = {arm: r2.root() / "student/runs" / d / arm for arm in r2.STUDENT_ARMS}
+        sections[f"{d} — vs ce"] = (d, {label[a]: runs[a] for a in r2.STUDENT_ARMS})
+        sections[f"{d} — ddsd vs kd"] = (d, {label[a]: runs[a] for a in ("kd", "ddsd")})
+    return sections
+
+
 def fair_sections(datasets: list[str], tuned: dict) -> dict:
     sections = {}
     for d in datasets:
@@ -333,6 +344,12 @@ def main(stage: str, datasets: list[str], tuned: dict) -> int:
                              "Every arm run by the code listed below (after the loss speed-ups; between the listed "
                              "commits the training code differs only in the sort-free `bernoulli` selection, which "
                              "draws the same masks as the sort, tested, and in file locking).")
+    if stage == "student-table":
+        return paired_tables("student", "Round 2: a realistic student (SegFormer-B0, random init) with ce, kd and ddsd "
+                             "at the library's defaults", command, student_sections(datasets),
+                             f"Every arm: `segformer_b0` from random initialisation, bf16 autocast and channels_last, "
+                             f"{r2.STUDENT_EPOCH_SHARE:g} x the dataset's epochs of the simple student "
+                             f"(CPU budget; the same for every arm).")
     if stage == "strength-table":
         return strength_table(datasets, command)
     return strength_plot(datasets)
