@@ -2,7 +2,7 @@
 
     python benchmarks/loss_overhead.py [--repeats 9] [--device cpu|cuda] [--threads 1]
                                        [--shapes 8x11x360x480,4x2x256x256] [--clock thread|wall] [--no-compile]
-                                       [--temperature T]
+                                       [--temperature T] [--profile VARIANT]
 
 Variants (the same student logits, ~5 % void pixels, virtual teacher a = 0.99, the loss's default T = 4 and
 kd_weight unless --temperature is given):
@@ -21,6 +21,10 @@ clock is the thread's CPU time (``time.thread_time``) by default: on a shared ma
 the time the process waits for a core. Peak memory: increase of the peak RSS over the inputs in a fresh
 subprocess per eager variant (CPU; run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the RSS
 and the peak is that of the live tensors), or ``torch.cuda.max_memory_allocated`` (CUDA).
+
+``--profile VARIANT`` (e.g. ``ddsd``) instead times nothing: it runs that variant ``--repeats`` times per shape under
+``torch.profiler`` and prints the CPU time per step of the loss's labelled stages (``ddsd::...``, e.g. the
+``bernoulli`` selection's priorities / bins / thresholds / draws / open_ranks) and of the costliest operators.
 
 Last, the fullgraph check: a conv model + DDSDLoss(check_inputs=False) step compiled with ``fullgraph=True``
 for three optimiser steps while the rate changes (0.5, 0.4, 0.3): graphs, graph breaks, recompilations and the
@@ -150,6 +154,32 @@ def bench(shape, shape_text, device, args, clock):
     return times, mem
 
 
+def profile_variant(shape, device, args) -> None:
+    """Per-step CPU time of the ``ddsd::`` labels and the top operators (self time) of one variant."""
+    from torch.profiler import ProfilerActivity, profile
+
+    z, y = make_inputs(shape, device)
+    fn = make_variants(shape[1], device, compiled=False, t=args.temperature)[args.profile]
+    for _ in range(3):  # warm-up
+        run_once(fn, z, y, device, time.perf_counter)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(args.repeats):
+            run_once(fn, z, y, device, time.perf_counter)
+    events = prof.key_averages()
+    per_step = {e.key: (e.cpu_time_total / args.repeats, e.self_cpu_time_total / args.repeats) for e in events}
+    print(f"\n{args.profile} on {'x'.join(map(str, shape))}, {args.repeats} steps under torch.profiler "
+          f"(its overhead included; us per step)")
+    step = sum(e.self_cpu_time_total for e in events) / args.repeats
+    print(f"| stage (ddsd:: label) | CPU total |\n|---|---:|\n| the whole step (sum of self times) | {step:.0f} |")
+    for k in sorted(k for k in per_step if k.startswith("ddsd::")):
+        print(f"| {k} | {per_step[k][0]:.0f} |")
+    print("| operator (top 12 by self time) | self CPU |\n|---|---:|")
+    ops = sorted(((v[1], k) for k, v in per_step.items() if k.startswith("aten::")), reverse=True)[:12]
+    for t, k in ops:
+        print(f"| {k} | {t:.0f} |")
+
+
 def fullgraph_check(device) -> str:
     """Compile a conv model + DDSDLoss step with fullgraph=True; steps with rates 0.5, 0.4, 0.3."""
     import torch._dynamo
@@ -196,6 +226,7 @@ def main():
     p.add_argument("--clock", choices=["thread", "wall"], default=None, help="default: thread on CPU, wall on CUDA")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled variant and the fullgraph check")
     p.add_argument("--temperature", type=float, default=None, help="KD temperature (default: DDSDLoss's)")
+    p.add_argument("--profile", metavar="VARIANT", help="profile one variant (e.g. ddsd) instead of timing")
     p.add_argument("--_memory-of", dest="memory_of", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -206,6 +237,10 @@ def main():
         fn = make_variants(shape[1], device, compiled=False, t=args.temperature)[args.memory_of]
         fn(z, y).backward()  # first call: allocator warm-up, lazy inits
         print(peak_mb(fn, z, y, device))
+        return
+    if args.profile:
+        for s in args.shapes.split(","):
+            profile_variant(tuple(int(v) for v in s.split("x")), device, args)
         return
     clock_name = args.clock or ("wall" if device.type == "cuda" else "thread")
     clock = time.perf_counter if clock_name == "wall" else time.thread_time

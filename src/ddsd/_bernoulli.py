@@ -29,8 +29,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from ddsd._select import hash_bits
+
+#: labels of the selection's stages in ``torch.profiler`` traces (``python benchmarks/loss_overhead.py --profile``)
+_BINS, _THRESHOLDS, _DRAWS, _OPEN = (f"ddsd::bernoulli::{x}" for x in ("bins", "thresholds", "draws", "open_ranks"))
 
 __all__ = ["bernoulli_keep_eager", "draw_threshold", "draws_at", "drop_prob", "rate_gain"]
 
@@ -95,6 +99,28 @@ def bernoulli_keep_eager(
     w, z = _widths(n, m)
     nbins = (1 << z) + (1 << w)  # the zeros' priority bins, then the difficulty bins (key order)
     g = rate_gain(rate, d.device)
+    with record_function(_BINS):
+        b, key, k_low, shift = _bins(d, valid, priority, m, w, z, nbins + 1)
+    with record_function(_THRESHOLDS):
+        lo_tab, table = _thresholds(b, rows, nbins + 1, num_valid, g)
+    with record_function(_DRAWS):
+        keep, open_ = _sure_draws(b, table, draw_keys)
+    with record_function(_OPEN):
+        r_idx, c_idx = open_.nonzero(as_tuple=True)  # host sync
+        if r_idx.numel() == 0:
+            return keep
+        bins = b[r_idx, c_idx].to(torch.int64)  # their k
+        rank = lo_tab.view(-1)[bins + 1] + _position_in_bin(key, priority, b, rows * (nbins + 1), bins, r_idx, c_idx,
+                                                             k_low, shift, m)
+        keep[r_idx, c_idx] = (draws_at(c_idx, draw_keys[r_idx, 0])
+                              >= draw_threshold(drop_prob(rank, num_valid[r_idx], g)))
+    return keep
+
+
+def _bins(d: Tensor, valid: Tensor, priority: tuple[Tensor, Tensor | None], m: int, w: int, z: int, stride: int):
+    """Every pixel's slot ``k = r S + 1 + bin`` as ``b`` ``[R, n]`` int32 (``S = stride``; void pixels: ``R S``),
+    with the keys (``[R, n]`` int32 float bits) and the difficulty bins' ``k_low`` and ``shift``."""
+    rows = d.shape[0]
     key = d.view(torch.int32)  # IEEE bits of a non-negative float grow with its value; -0.0 (and only it) is < 0
     k_min, k_max = (int(x) for x in torch.aminmax(key))  # host syncs from here on
     # positive keys: bin 2^z + ((k - k_low) >> shift) < nbins, k_low <= every positive key, k_max >> shift < 2^w
@@ -108,35 +134,40 @@ def bernoulli_keep_eager(
         b = torch.where(zero, top if row_keys is None else top ^ (row_keys >> (m - z)).to(torch.int32), b)
         del zero
     # one index k = r S + bin (S = nbins + 1; void pixels: R S) serves the histogram and both threshold lookups
-    stride = nbins + 1
     if rows > 1:
         b += torch.arange(rows, dtype=torch.int32, device=d.device).unsqueeze(1) * stride
     b.masked_fill_(~valid, rows * stride)
+    return b, key, k_low, shift
+
+
+def _thresholds(b: Tensor, rows: int, stride: int, num_valid: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """``lo_tab`` ``[R, S]`` (each slot's first rank) and the threshold table ``[R S + 2]`` int64 of the slots
+    ``b``: ``table[k + 1] = F(last rank of the pixel's bin)``, ``table[k] = F(lo - 1)``, ``F`` =
+    :func:`draw_threshold` of :func:`drop_prob`."""
     k = b.view(-1)
     # slot r S + 1 + j holds bin j of row r, slot r S an empty guard (its threshold F(-1) <= 0 drops nothing)
     counts = torch.bincount(k, minlength=rows * stride)[: rows * stride - 1]
     hist = torch.cat([counts.new_zeros(1), counts]).view(rows, stride)
     lo_tab = hist.cumsum(1).sub_(hist)  # first rank of each slot's bin
-    never = torch.full((2,), 1 << 40, dtype=torch.int64, device=d.device)  # void pixels: neither kept nor open
+    never = torch.full((2,), 1 << 40, dtype=torch.int64, device=b.device)  # void pixels: neither kept nor open
     # table[k + 1] = F(last rank of the pixel's bin), table[k] = F(last rank of the bin before) = F(lo - 1) <= F(lo)
     table = torch.cat([draw_threshold(drop_prob(lo_tab + hist - 1, num_valid.unsqueeze(1), g)).view(-1), never])
-    keep = torch.empty(rows, n, dtype=torch.bool, device=d.device)
+    return lo_tab, table
+
+
+def _sure_draws(b: Tensor, table: Tensor, draw_keys: Tensor) -> tuple[Tensor, Tensor]:
+    """``(keep, open)`` ``[R, n]`` bool: kept whatever the rank in the bin, and undecided by the bin alone."""
+    rows, n = b.shape
+    keep = torch.empty(rows, n, dtype=torch.bool, device=b.device)
     open_ = torch.empty_like(keep)
-    idx = torch.arange(n, device=d.device)
-    buf = torch.empty(n, dtype=torch.int64, device=d.device)
+    idx = torch.arange(n, device=b.device)
+    buf = torch.empty(n, dtype=torch.int64, device=b.device)
     for r in range(rows):  # image by image: the [n] temporaries are reused (fresh [R, n] ones cost page faults)
         u = draws_at(idx, draw_keys[r])  # the row's 32-bit draws U
         torch.ge(u, torch.index_select(table[1:], 0, b[r], out=buf), out=keep[r])  # kept whatever the rank
         torch.ge(u, torch.index_select(table, 0, b[r], out=buf), out=open_[r])  # dropped below, whatever the rank
     open_ &= keep.logical_not()  # (void pixels: never kept, never open)
-    if not bool(open_.any()):  # host sync
-        return keep
-    r_idx, c_idx = open_.nonzero(as_tuple=True)
-    bins = b[r_idx, c_idx].to(torch.int64)  # their k
-    rank = lo_tab.view(-1)[bins + 1] + _position_in_bin(key, priority, b, rows * stride, bins, r_idx, c_idx,
-                                                         k_low, shift, m)
-    keep[r_idx, c_idx] = draws_at(c_idx, draw_keys[r_idx, 0]) >= draw_threshold(drop_prob(rank, num_valid[r_idx], g))
-    return keep
+    return keep, open_
 
 
 def _position_in_bin(key: Tensor, priority: tuple[Tensor, Tensor | None], b: Tensor, void: int, bins: Tensor,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from ddsd._bernoulli import bernoulli_keep_eager, draw_threshold, draws_at, drop_prob, rate_gain
 from ddsd._select import (
@@ -236,9 +237,10 @@ def select_keep(
         )
         return keep.reshape(difficulty.shape)
     if allow_sync and nonneg and selection == "bernoulli" and d.dtype == torch.float32:
-        keys = bernoulli_draw_keys(rows, seed, counter, d.device)
-        keep = bernoulli_keep_eager(d.contiguous(), v, row_counts(v), rate, keys,
-                                    _priority_parts(rows, n, tie_break, seed, counter, d.device), m)
+        with record_function("ddsd::bernoulli::priorities"):  # eager only (host syncs): a profiler label is free
+            keys = bernoulli_draw_keys(rows, seed, counter, d.device)
+            parts, counts = _priority_parts(rows, n, tie_break, seed, counter, d.device), row_counts(v)
+        keep = bernoulli_keep_eager(d.contiguous(), v, counts, rate, keys, parts, m)
         return keep.reshape(difficulty.shape)
     if selection == "random":
         keys, bits = tie_priorities(rows, n, "random", seed, counter, d.device).masked_fill(~v, 1 << m), m + 1
