@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddsd._accuracy import accuracy_counts, accuracy_stats, masked_mean
 from ddsd._checks import check_finite, check_logits, check_target
 from ddsd.dropout import select_keep
-from ddsd.loss import LossOutput, _masked_mean, accuracy_counts, accuracy_stats
+from ddsd.loss import LossOutput
 from ddsd.teacher import check_confidence, virtual_teacher
 
 __all__ = ["CWDLoss", "LabelSmoothingLoss", "OHEMLoss", "TfKDRegLoss"]
@@ -90,8 +91,8 @@ class LabelSmoothingLoss(_PlainCriterion):
 
     def _loss(self, z, log_p, ce_pix, y0, valid, teacher_logits):
         smooth = -log_p.mean(1)
-        loss = _masked_mean((1.0 - self.epsilon) * ce_pix + self.epsilon * smooth, valid)
-        return loss, {"ce": _masked_mean(ce_pix, valid).detach(), "kd": z.new_zeros(())}
+        loss = masked_mean((1.0 - self.epsilon) * ce_pix + self.epsilon * smooth, valid)
+        return loss, {"ce": masked_mean(ce_pix, valid).detach(), "kd": z.new_zeros(())}
 
 
 class OHEMLoss(_PlainCriterion):
@@ -111,7 +112,7 @@ class OHEMLoss(_PlainCriterion):
         d = ce_pix.detach()
         hardest = select_keep(-d, valid, 1.0 - self.min_kept, "per_image", tie_break="index")  # largest CE
         keep = valid & ((d > -torch.log(torch.tensor(self.thresh))) | hardest)
-        loss = _masked_mean(ce_pix, keep)
+        loss = masked_mean(ce_pix, keep)
         n_valid = valid.sum().clamp_min(1).double()
         return loss, {"ce": loss.detach(), "kd": z.new_zeros(()), "ohem_kept_fraction": keep.sum().double() / n_valid}
 
@@ -159,7 +160,7 @@ class TfKDRegLoss(_PlainCriterion):
 
     def _loss(self, z, log_p, ce_pix, y0, valid, teacher_logits):
         kl = self._neg_entropy + (self.q_y - self.q_o) * ce_pix - self.q_o * log_p.sum(1)
-        ce, kd = _masked_mean(ce_pix, valid), _masked_mean(kl, valid) / self.num_classes
+        ce, kd = masked_mean(ce_pix, valid), masked_mean(kl, valid) / self.num_classes
         loss = (1.0 - self.alpha) * ce + (self.alpha * self.multiplier) * kd
         return loss, {"ce": ce.detach(), "kd": kd.detach()}
 
@@ -198,5 +199,5 @@ class CWDLoss(_PlainCriterion):
         kl = torch.where(mask, lt.exp() * (lt - ls), 0.0).sum(2)  # [B, K]
         has_valid = valid.flatten(1).any(1, keepdim=True)
         cwd = (self.tau**2 / k) * torch.where(has_valid, kl, 0.0).sum(1).mean()
-        ce = _masked_mean(ce_pix, valid)
+        ce = masked_mean(ce_pix, valid)
         return ce + self.weight * cwd, {"ce": ce.detach(), "kd": cwd.detach()}
