@@ -177,7 +177,10 @@ def student_sections(datasets: list[str]) -> dict:
     """Per dataset: the SegFormer-B0 student's arms vs ce, then ddsd vs kd paired directly."""
     sections = {}
     for d in datasets:
-        label = {arm: f"{arm} ({setting(over)})" for arm, (_, over) in r2.student_arms(d).items()}
+        label = {}  # the model keys are the same in every arm (the table's note): left out of the row names
+        for arm, (_, over) in r2.student_arms(d).items():
+            own = {k: v for k, v in over.items() if k not in r2.STUDENT_MODEL and k != "train.epochs"}
+            label[arm] = f"{arm} ({setting(own)})" if own else arm
         runs = {arm: r2.root() / "student/runs" / d / arm for arm in r2.STUDENT_ARMS}
         sections[f"{d} — vs ce"] = (d, {label[a]: runs[a] for a in r2.STUDENT_ARMS})
         sections[f"{d} — ddsd vs kd"] = (d, {label[a]: runs[a] for a in ("kd", "ddsd")})
