@@ -16,8 +16,9 @@ def test_loss_overhead_runs_and_prints_ratios():
 
 
 def test_loss_overhead_profile_reports_every_bernoulli_stage():
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/loss_overhead.py"), "--profile", "ddsd", "--repeats", "2",
-                        "--shapes", "2x2x32x32"], capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, str(ROOT / "benchmarks/loss_overhead.py"), "--profile", "ddsd", "--repeats", "2",
+           "--shapes", "2x2x32x32"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "| the whole step (sum of self times) |" in r.stdout
     for stage in ("priorities", "bins", "thresholds", "draws", "open_ranks"):
