@@ -88,9 +88,14 @@ STUDENT_EPOCH_SHARE = 0.5
 STUDENT_ARMS = ("ce", "kd", "ddsd")
 
 
+def student_model(d: str) -> dict[str, object]:
+    """The overrides every arm of the ``student`` stage shares on dataset ``d`` (model, precision, epochs)."""
+    return {**STUDENT_MODEL, "train.epochs": max(1, round(STUDENT_EPOCH_SHARE * r1.config_epochs(d)))}
+
+
 def student_arms(d: str) -> dict[str, tuple[str, dict]]:
     """arm -> (method, overrides) of the ``student`` stage on dataset ``d``."""
-    model = {**STUDENT_MODEL, "train.epochs": max(1, round(STUDENT_EPOCH_SHARE * r1.config_epochs(d)))}
+    model = student_model(d)
     return {arm: ("ce", model) if arm == "ce" else (DEFAULT_ARMS[arm][0], {**DEFAULT_ARMS[arm][1], **model})
             for arm in STUDENT_ARMS}
 

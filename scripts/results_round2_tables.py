@@ -177,9 +177,10 @@ def student_sections(datasets: list[str]) -> dict:
     """Per dataset: the SegFormer-B0 student's arms vs ce, then ddsd vs kd paired directly."""
     sections = {}
     for d in datasets:
-        label = {}  # the model keys are the same in every arm (the table's note): left out of the row names
+        label = {}  # the shared model keys (the table's note) are left out of the row names
+        shared = r2.student_model(d)
         for arm, (_, over) in r2.student_arms(d).items():
-            own = {k: v for k, v in over.items() if k not in r2.STUDENT_MODEL and k != "train.epochs"}
+            own = {k: v for k, v in over.items() if k not in shared}
             label[arm] = f"{arm} ({setting(own)})" if own else arm
         runs = {arm: r2.root() / "student/runs" / d / arm for arm in r2.STUDENT_ARMS}
         sections[f"{d} — vs ce"] = (d, {label[a]: runs[a] for a in r2.STUDENT_ARMS})

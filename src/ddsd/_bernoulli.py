@@ -34,7 +34,9 @@ from torch.profiler import record_function
 from ddsd._select import hash_bits
 
 #: labels of the selection's stages in ``torch.profiler`` traces (``python benchmarks/loss_overhead.py --profile``)
-_BINS, _THRESHOLDS, _DRAWS, _OPEN = (f"ddsd::bernoulli::{x}" for x in ("bins", "thresholds", "draws", "open_ranks"))
+PRIORITIES, _BINS, _THRESHOLDS, _DRAWS, _OPEN = (
+    f"ddsd::bernoulli::{x}" for x in ("priorities", "bins", "thresholds", "draws", "open_ranks")
+)
 
 __all__ = ["bernoulli_keep_eager", "draw_threshold", "draws_at", "drop_prob", "rate_gain"]
 
@@ -97,12 +99,12 @@ def bernoulli_keep_eager(
     """
     rows, n = d.shape
     w, z = _widths(n, m)
-    nbins = (1 << z) + (1 << w)  # the zeros' priority bins, then the difficulty bins (key order)
+    stride = (1 << z) + (1 << w) + 1  # the zeros' priority bins, then the difficulty bins (key order), + a guard
     g = rate_gain(rate, d.device)
     with record_function(_BINS):
-        b, key, k_low, shift = _bins(d, valid, priority, m, w, z, nbins + 1)
+        b, key, k_low, shift = _bins(d, valid, priority, m, w, z, stride)
     with record_function(_THRESHOLDS):
-        lo_tab, table = _thresholds(b, rows, nbins + 1, num_valid, g)
+        lo_tab, table = _thresholds(b, rows, stride, num_valid, g)
     with record_function(_DRAWS):
         keep, open_ = _sure_draws(b, table, draw_keys)
     with record_function(_OPEN):
@@ -110,15 +112,15 @@ def bernoulli_keep_eager(
         if r_idx.numel() == 0:
             return keep
         bins = b[r_idx, c_idx].to(torch.int64)  # their k
-        rank = lo_tab.view(-1)[bins + 1] + _position_in_bin(key, priority, b, rows * (nbins + 1), bins, r_idx, c_idx,
-                                                             k_low, shift, m)
+        rank = lo_tab.view(-1)[bins + 1] + _position_in_bin(key, priority, b, rows * stride, bins, r_idx, c_idx, k_low,
+                                                             shift, m)
         keep[r_idx, c_idx] = (draws_at(c_idx, draw_keys[r_idx, 0])
                               >= draw_threshold(drop_prob(rank, num_valid[r_idx], g)))
     return keep
 
 
 def _bins(d: Tensor, valid: Tensor, priority: tuple[Tensor, Tensor | None], m: int, w: int, z: int, stride: int):
-    """Every pixel's slot ``k = r S + 1 + bin`` as ``b`` ``[R, n]`` int32 (``S = stride``; void pixels: ``R S``),
+    """Every pixel's index ``k = r S + bin`` as ``b`` ``[R, n]`` int32 (``S = stride``; void pixels: ``R S``),
     with the keys (``[R, n]`` int32 float bits) and the difficulty bins' ``k_low`` and ``shift``."""
     rows = d.shape[0]
     key = d.view(torch.int32)  # IEEE bits of a non-negative float grow with its value; -0.0 (and only it) is < 0

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.profiler import record_function
 
-from ddsd._bernoulli import bernoulli_keep_eager, draw_threshold, draws_at, drop_prob, rate_gain
+from ddsd._bernoulli import PRIORITIES, bernoulli_keep_eager, draw_threshold, draws_at, drop_prob, rate_gain
 from ddsd._select import (
     float_key,
     hash_bits,
@@ -237,7 +237,7 @@ def select_keep(
         )
         return keep.reshape(difficulty.shape)
     if allow_sync and nonneg and selection == "bernoulli" and d.dtype == torch.float32:
-        with record_function("ddsd::bernoulli::priorities"):  # eager only (host syncs): a profiler label is free
+        with record_function(PRIORITIES):  # eager only (host syncs): a profiler label is free
             keys = bernoulli_draw_keys(rows, seed, counter, d.device)
             parts, counts = _priority_parts(rows, n, tie_break, seed, counter, d.device), row_counts(v)
         keep = bernoulli_keep_eager(d.contiguous(), v, counts, rate, keys, parts, m)
