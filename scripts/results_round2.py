@@ -141,6 +141,19 @@ def _best(scored: list[tuple[float | None, dict]]) -> tuple[float, dict] | None:
     return scored[i][0], scored[i][1]
 
 
+def reuse_defaults(d: str, m: str, over: dict[str, object], seed: int, out: Path) -> None:
+    """Copy the ``defaults`` stage's run of the same (dataset, method, overrides, seed) into ``out`` instead of
+    training it again (a ``reused_from.txt`` names the source). The two differ only in ``train.snapshots``, which
+    writes val predictions and leaves training alone: the defaults' kd runs and the fair tuning's kd at the same
+    (a, T, w) gave bit-identical val and test scores on SOD and CrackForest."""
+    arm = next((a for a, (am, aover) in DEFAULT_ARMS.items() if am == m and aover == over), None)
+    src = root() / "defaults/runs" / d / arm / f"seed{seed}" if arm else None
+    if src is None or r1.PLAN or out.exists() or not (src / "summary.json").exists():
+        return
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("*.pt", "RUNNING"))
+    (out / "reused_from.txt").write_text(rel(src) + "\n")
+
+
 def tune_jobs(datasets: list[str], methods: list[str]) -> tuple[list, list]:
     """Phase 1 (every shared candidate) and the phase-2 jobs whose phase 1 has finished."""
     first, second = [], []
@@ -148,6 +161,7 @@ def tune_jobs(datasets: list[str], methods: list[str]) -> tuple[list, list]:
         for m in (m for m in methods if m in KD_FAMILY):
             for c in SHARED_CANDIDATES:
                 out = tune_run(d, m, c)
+                reuse_defaults(d, m, {**base_setting(m), **c}, 0, out)
                 first.append((r1.train_cmd(d, m, 0, {**base_setting(m), **c}, out), out))
             best = _best([(_val(tune_run(d, m, c)), c) for c in SHARED_CANDIDATES])
             if m not in OWN_CANDIDATES:
@@ -194,18 +208,19 @@ def select(datasets: list[str], methods: list[str]) -> dict:
 
 
 def grid_jobs(datasets: list[str], methods: list[str], seeds: list[int], tuned: dict) -> list:
+    """Seed-major (every method of a seed before the next seed), so that a partial grid still pairs by seed."""
     jobs = []
     for d in datasets:
-        for m in (m for m in methods if m in GRID_METHODS):
-            if m not in tuned.get(d, {}):
-                print(f"skip {d}/{m}: not selected yet (fair-select)")
-                continue
-            t = tuned[d][m]
-            for s in seeds:
+        for m in (m for m in methods if m in GRID_METHODS and m not in tuned.get(d, {})):
+            print(f"skip {d}/{m}: not selected yet (fair-select)")
+        for s in seeds:
+            for m in (m for m in methods if m in GRID_METHODS and m in tuned.get(d, {})):
+                t = tuned[d][m]
                 out = root() / "fair-grid/runs" / d / m / f"seed{s}"
                 src = r1.ROOT / t["run"] if t.get("run") else None
                 if s == 0 and src and (src / "summary.json").exists() and not out.exists() and not r1.PLAN:
                     shutil.copytree(src, out, ignore=shutil.ignore_patterns("*.pt"))  # the same run: reuse it
+                reuse_defaults(d, m, t["overrides"], s, out)
                 jobs.append((r1.train_cmd(d, m, s, t["overrides"], out), out))
     return jobs
 
