@@ -249,7 +249,8 @@ def test_round2_tables_pair_by_seed_and_record_provenance(round2, capsys):
     assert "-0.0100 [-0.0100, -0.0100] *" in ctl and "0.30 → 0.10" in ctl
     run(capsys, "fair-table", "--datasets", "sod")
     fair = (results.RESULTS / "round2/fair-grid/table.md").read_text()
-    assert "## sod — vs ce" in fair and "## sod — vs ddsd" in fair and "| ce | 0 |" in fair
+    assert "## sod — vs ce" in fair and "## sod — vs ddsd" in fair and "| tfkd (a=0.99" in fair
+    assert "| ce |" not in fair and "| static" not in fair  # no grid runs: left out, not an empty row
     for s, (f_dd, f_kd) in enumerate([(0.72, 0.70), (0.76, 0.75), (0.78, 0.75)]):  # the virtual end: defaults
         _fake_summary(results.RESULTS / "round2/defaults/runs/sod/ddsd" / f"seed{s}", f_dd)
         _fake_summary(results.RESULTS / "round2/defaults/runs/sod/kd" / f"seed{s}", f_kd)
@@ -273,3 +274,27 @@ def test_round2_defaults_stage_writes_the_library_defaults_out(round2, capsys):
     defaults = MethodConfig()
     for key, value in r2.DEFAULT_ARMS["ddsd"][1].items():
         assert by_arm["ddsd"][key] == str(value) and getattr(defaults, key.split(".")[1]) == value, key
+
+
+def test_round2_reuses_the_defaults_stage_run_of_the_same_config(round2, monkeypatch):
+    """kd at the library's (a, T, w) is the defaults stage's kd run: copied (named in reused_from.txt), not rerun;
+    any other setting or method trains."""
+    results, r2, _run = round2
+    monkeypatch.setattr(results, "PLAN", False)  # an earlier --plan run leaves it set
+    defaults = results.RESULTS / "round2/defaults/runs/sod"
+    for s in (0, 1):
+        _fake_summary(defaults / "kd" / f"seed{s}", 0.7 + s / 100)
+        _fake_summary(defaults / "ddsd" / f"seed{s}", 0.6)
+    first, _ = r2.tune_jobs(["sod"], ["kd", "ddsd"])
+    done = {out for _, out in first if (out / "summary.json").exists()}
+    assert done == {r2.tune_run("sod", "kd", r2.KD_DEFAULTS)}  # not ddsd: hardest + r_max 0.5 is not the default
+    (src,) = done
+    assert (src / "reused_from.txt").read_text().strip().endswith("round2/defaults/runs/sod/kd/seed0")
+    tuned = {"sod": {"kd": {"overrides": dict(r2.KD_DEFAULTS), "run": str(src)},
+                     "static": {"overrides": {**r2.KD_DEFAULTS, "method.rate": 0.2}, "run": None}}}
+    jobs = r2.grid_jobs(["sod"], ["kd", "static"], [0, 1, 2], tuned)
+    assert [out.parent.name for _, out in jobs] == ["kd", "static"] * 3  # seed-major
+    finished = [(out.parent.name, out.name) for _, out in jobs if (out / "summary.json").exists()]
+    assert finished == [("kd", "seed0"), ("kd", "seed1")]  # seed 2 has no defaults run: it trains
+    assert json.loads((results.RESULTS / "round2/fair-grid/runs/sod/kd/seed1/summary.json").read_text())[
+        "best_val"]["fbeta_max"] == 0.71
