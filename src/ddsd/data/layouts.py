@@ -86,6 +86,44 @@ def split_exists(spec: DatasetSpec, split: str) -> bool:
     return spec.layout == "camvid" and (spec.root / spec.image_dir_for(split)).is_dir()
 
 
+def _split_entries(spec: DatasetSpec, split: str, images: dict, masks: dict, errors: ErrorCollector):
+    """The split's entries (token lists, one per listed line; one stem per file for a CamVid folder without a
+    list) and whether they came from the folder; None (error reported) when there are none."""
+    root = spec.root
+    assert root is not None
+    list_path = root / spec.split_file_for(split)
+    if list_path.is_file():
+
+        def is_name(line: str) -> bool:  # a stem, file name or root-relative path that holds spaces
+            if not any(c.isspace() for c in line):
+                return False
+            name = Path(line)
+            as_file = ("/" not in line and name.suffix.lower() in IMAGE_EXTS
+                       and (name.stem in images or name.stem in masks))
+            return line in images or line in masks or as_file or (root / line).is_file()
+
+        entries = read_split_list(list_path, is_name)
+        if not entries:
+            errors.add(f"{list_path}: split list is empty")
+            return None, False
+        return entries, False
+    if spec.layout == "camvid" and (root / spec.image_dir_for(split)).is_dir():
+        return [[s] for s in sorted(set(images) | set(masks))], True
+    errors.add(f"{list_path}: split list of split '{split}' is missing")
+    return None, False
+
+
+def _listed_pair(tokens: list[str], root: Path, at: str, errors: ErrorCollector) -> Sample | None:
+    """An 'image mask' line (``at``: list:line); None, with the missing file(s) reported, unless both exist."""
+    image, mask = _resolve_listed(tokens[0], root), _resolve_listed(tokens[1], root)
+    if not image.is_file():
+        errors.add(f"{image}: image listed in {at} is missing"
+                   + (f" (its mask {mask} exists)" if mask.is_file() else ""))
+    if not mask.is_file():
+        errors.add(f"{mask}: mask listed in {at} is missing" + (f" (for image {image})" if image.is_file() else ""))
+    return Sample(image.stem, image, mask) if image.is_file() and mask.is_file() else None
+
+
 def resolve_split(spec: DatasetSpec, split: str, errors: ErrorCollector) -> list[Sample]:
     """The samples of ``split`` whose image and mask files exist; problems go to ``errors``.
 
@@ -105,63 +143,29 @@ def resolve_split(spec: DatasetSpec, split: str, errors: ErrorCollector) -> list
 
     images = index_folder(image_dir)
     masks = index_folder(mask_dir)
-    from_folder = False
-    if list_path.is_file():
-
-        def is_name(line: str) -> bool:  # a stem, file name or root-relative path that holds spaces
-            if not any(c.isspace() for c in line):
-                return False
-            name = Path(line)
-            as_file = ("/" not in line and name.suffix.lower() in IMAGE_EXTS
-                       and (name.stem in images or name.stem in masks))
-            return line in images or line in masks or as_file or (root / line).is_file()
-
-        entries = read_split_list(list_path, is_name)
-        if not entries:
-            errors.add(f"{list_path}: split list is empty")
-            return []
-    elif spec.layout == "camvid" and image_dir.is_dir():
-        entries = [[s] for s in sorted(set(images) | set(masks))]
-        from_folder = True
-    else:
-        errors.add(f"{list_path}: split list of split '{split}' is missing")
+    entries, from_folder = _split_entries(spec, split, images, masks, errors)
+    if entries is None:
         return []
     where = f"{mask_dir}" if from_folder else f"{list_path}"
 
     samples: list[Sample] = []
     seen: dict[str, int] = {}
     for lineno, tokens in enumerate(entries, start=1):
-        if len(tokens) >= 2:
-            if len(tokens) > 2:
-                errors.add(f"{list_path}:{lineno}: expected 'stem' or 'image mask', got {' '.join(tokens)!r}")
-                continue
-            image, mask = _resolve_listed(tokens[0], root), _resolve_listed(tokens[1], root)
-            stem = image.stem
-            ok = True
-            if not image.is_file():
-                errors.add(f"{image}: image listed in {list_path}:{lineno} is missing"
-                           + (f" (its mask {mask} exists)" if mask.is_file() else ""))
-                ok = False
-            if not mask.is_file():
-                errors.add(f"{mask}: mask listed in {list_path}:{lineno} is missing"
-                           + (f" (for image {image})" if image.is_file() else ""))
-                ok = False
-            if stem in seen:
-                errors.add(f"{list_path}:{lineno}: '{stem}' is listed twice (first on line {seen[stem]})")
-                continue
-            seen[stem] = lineno
-            if ok:
-                samples.append(Sample(stem, image, mask))
+        if len(tokens) > 2:
+            errors.add(f"{list_path}:{lineno}: expected 'stem' or 'image mask', got {' '.join(tokens)!r}")
             continue
-
         token = tokens[0]
-        stem = token
-        if stem not in images and stem not in masks and Path(token).suffix.lower() in IMAGE_EXTS:
+        stem = _resolve_listed(token, root).stem if len(tokens) == 2 else token
+        if len(tokens) == 1 and stem not in images and stem not in masks and Path(token).suffix.lower() in IMAGE_EXTS:
             stem = Path(token).stem  # a list of file names instead of stems
+        pair = _listed_pair(tokens, root, f"{list_path}:{lineno}", errors) if len(tokens) == 2 else None
         if stem in seen:
             errors.add(f"{list_path}:{lineno}: '{stem}' is listed twice (first on line {seen[stem]})")
             continue
         seen[stem] = lineno
+        if len(tokens) == 2:
+            samples += [pair] if pair is not None else []
+            continue
         imgs, msks = images.get(stem, []), masks.get(stem, [])
         if len(imgs) > 1:
             errors.add(f"{image_dir}: several images with stem '{stem}': {', '.join(p.name for p in imgs)}")
