@@ -87,20 +87,22 @@ def test_paired_table_reports_paired_differences(results, tmp_path):
 
 
 def test_class_table_pairs_each_class_against_ce(results, tmp_path, monkeypatch):
+    import results_round1_tables as tables
+
     monkeypatch.setattr(results, "RESULTS", tmp_path)
     for s, (pole_ce, pole_dd) in enumerate([(0.10, 0.12), (0.20, 0.21), (0.30, 0.33)]):
         for m, pole in (("ce", pole_ce), ("ddsd", pole_dd)):
             run = tmp_path / "grid/runs/camvid" / m / f"seed{s}"
             run.mkdir(parents=True)
             (run / "summary.json").write_text(json.dumps({"test": {"per_class_iou": {"Sky": 0.9, "Pole": pole}}}))
-    results.class_table("camvid", ["ce", "ddsd"], tmp_path / "out.md")
+    tables.class_table("camvid", ["ce", "ddsd"], tmp_path / "out.md")
     rows = {line.split("|")[1].strip(): line for line in (tmp_path / "out.md").read_text().splitlines()
             if line.startswith("| ")}
     half = 4.302653 * 0.01 / 3 ** 0.5  # differences 0.02, 0.01, 0.03
     assert f"| 0.2000 ± 0.1000 | +0.0200 [{0.02 - half:+.4f}, {0.02 + half:+.4f}] |" in rows["Pole"]
     assert "+0.0000" in rows["Sky"] and "(n = 3)" in rows["class"]
     with pytest.raises(SystemExit, match="no finished ce runs"):
-        results.class_table("camvid", ["ddsd"], tmp_path / "out.md")
+        tables.class_table("camvid", ["ddsd"], tmp_path / "out.md")
 
 
 # ---------------------------------------------------------------- round 2 (scripts/results_round2*.py)
