@@ -94,16 +94,8 @@ def compare_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Compare methods on datasets over seeds: train the grid (resumable, parallel) and tabulate the students."""
-    from ddsd.compare.collect import collect as collect_dir
-
     if collect is not None:
-        if not collect.is_dir():
-            raise _fail(f"--collect directory {str(collect)!r} does not exist")
-        try:
-            collect_dir(collect, baseline=baseline, console=console)
-        except (FileNotFoundError, ValueError) as e:
-            raise _fail(str(e)) from None
-        console.print(escape(f"wrote {collect / 'table.md'}, {collect / 'runs.csv'} and {collect / 'plots'}/"))
+        _collect_only(collect, baseline)
         return
     if out is None:
         raise _fail("--out DIR is required (or --collect DIR to tabulate finished runs)")
@@ -144,6 +136,28 @@ def compare_command(
         console.print(escape(f"{len(todo)} of {len(grid)} runs to do ({len(grid) - len(todo)} finished, not listed); "
                              f"then: ddsd compare --collect {shlex.quote(str(out))}"))
         return
+    _run(grid, out, jobs, baseline, progress)
+
+
+def _collect_only(collect: Path, baseline: str | None) -> None:
+    """``--collect DIR``: tabulate the finished runs under DIR (table.md, runs.csv, plots/), train nothing."""
+    from ddsd.compare.collect import collect as collect_dir
+
+    if not collect.is_dir():
+        raise _fail(f"--collect directory {str(collect)!r} does not exist")
+    try:
+        collect_dir(collect, baseline=baseline, console=console)
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    console.print(escape(f"wrote {collect / 'table.md'}, {collect / 'runs.csv'} and {collect / 'plots'}/"))
+
+
+def _run(grid, out: Path, jobs: int, baseline: str, progress: bool) -> None:
+    """Check the teachers and datasets, train the unfinished runs under the grid's lock, then tabulate; exit 1
+    when a run failed (the others are still tabulated)."""
+    from ddsd.compare.collect import collect as collect_dir
+    from ddsd.compare.runner import execute
+
     missing = sorted({s.teacher for s in grid if s.teacher and not Path(s.teacher).is_file()
                       and not any(o.startswith("teacher_weights=") for o in s.overrides)})
     if missing:
@@ -152,8 +166,6 @@ def compare_command(
         _check_datasets(grid)
     except ValueError as e:
         raise _fail(str(e)) from None
-    from ddsd.compare.runner import execute
-
     t0 = time.perf_counter()
     try:
         with exclusive_lock(out / ".compare.lock", f"comparison directory {out}"), sigterm_as_interrupt():
