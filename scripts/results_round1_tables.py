@@ -81,9 +81,14 @@ def ablation_table(datasets: list[str], tuned: dict) -> int:
         rows.update({name: r1.RESULTS / "ablations/runs" / d / name for name in ABLATIONS
                      if (r1.RESULTS / "ablations/runs" / d / name).exists()})
         sections[d] = rows
-    return paired_table("Ablations of ddsd (each row changes one thing of the dataset's tuned ddsd)",
-                        "python scripts/results.py ablate-table --datasets " + ",".join(datasets),
-                        sections, r1.RESULTS / "ablations" / "table.md")
+    return _table("Ablations of ddsd (each row changes one thing of the dataset's tuned ddsd)",
+                  "ablate-table", datasets, sections, "ablations")
+
+
+def _table(title: str, stage: str, datasets: list[str], sections: dict[str, dict[str, Path]], folder: str) -> int:
+    """``docs/results/<folder>/table.md`` from ``sections``, naming the stage's command."""
+    return paired_table(title, f"python scripts/results.py {stage} --datasets {','.join(datasets)}", sections,
+                        r1.RESULTS / folder / "table.md")
 
 
 def budget_curves(sections: dict[str, dict[str, Path]], out: Path) -> None:
@@ -126,7 +131,6 @@ def budget_curves(sections: dict[str, dict[str, Path]], out: Path) -> None:
         plt.close(fig)
 
 
-
 def budget_table(datasets: list[str]) -> int:
     """Budget check: the grid's epochs vs twice as many (ce / tfkd / ddsd), with the ce learning curves."""
     RESULTS = r1.RESULTS
@@ -147,9 +151,8 @@ def budget_table(datasets: list[str]) -> int:
                                            "120x160, 90 epochs": probes / "probe_120x160_e90" / "ce",
                                            "180x240, 90 epochs": probes / "probe_180x240_e90" / "ce"}
     budget_curves(sections, RESULTS / "budget")
-    return paired_table("Budget check: the grid's epochs vs twice as many",
-                        "python scripts/results.py budget-table --datasets " + ",".join(datasets),
-                        sections, RESULTS / "budget" / "table.md")
+    return _table("Budget check: the grid's epochs vs twice as many",
+                  "budget-table", datasets, sections, "budget")
 
 
 def teacher_table(datasets: list[str]) -> int:
@@ -168,9 +171,8 @@ def teacher_table(datasets: list[str]) -> int:
             "ddsd ← unet_teacher": RESULTS / "teacher/runs" / d / "ddsd",
             "ddsd ← virtual teacher (grid)": RESULTS / "grid/runs" / d / "ddsd",
             "tfkd (grid)": RESULTS / "grid/runs" / d / "tfkd"}
-    return paired_table("Real teacher (unet_teacher, ce) distilled into the simple student",
-                        "python scripts/results.py teacher-table --datasets " + ",".join(datasets),
-                        sections, RESULTS / "teacher" / "table.md")
+    return _table("Real teacher (unet_teacher, ce) distilled into the simple student",
+                  "teacher-table", datasets, sections, "teacher")
 
 
 def gap_table(datasets: list[str]) -> int:
@@ -181,6 +183,5 @@ def gap_table(datasets: list[str]) -> int:
         for model in ("simple", "unet_small"):
             root = (RESULTS / "grid/runs" / d) if model == "simple" else (RESULTS / "gap/runs" / d / model)
             sections[f"{d} — {model} student"] = {m: root / m for m in GAP_METHODS}
-    return paired_table("Gap sweep: ce / kd / ddsd for students of increasing size (virtual teacher)",
-                        "python scripts/results.py gap-table --datasets " + ",".join(datasets),
-                        sections, RESULTS / "gap" / "table.md")
+    return _table("Gap sweep: ce / kd / ddsd for students of increasing size (virtual teacher)",
+                  "gap-table", datasets, sections, "gap")
