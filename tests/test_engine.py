@@ -251,3 +251,21 @@ def test_default_ddsd_rate_falls_on_the_builtin_data(tmp_path):
     train(cfg)
     rates = [float(row["rate"]) for row in read_metrics(tmp_path / "q" / "metrics.csv")]
     assert rates[0] <= cfg.method.r_max and rates[-1] < rates[0] - 0.02, rates
+
+
+def test_epoch_stats_leave_out_non_finite_steps():
+    """metrics.csv's train_* means: a step's NaN / inf value is left out of that statistic only; a statistic
+    with no finite step is NaN (not 0)."""
+    import math
+
+    from ddsd.engine.epoch import EpochStats
+
+    stats = EpochStats()
+    assert stats.means() == {}
+    names = ["loss", "rate", "ce"]
+    stats.add(names, torch.tensor([1.0, 0.3, math.nan], dtype=torch.float64))
+    stats.add(names, torch.tensor([math.inf, 0.1, math.nan], dtype=torch.float64))
+    stats.add(names, torch.tensor([3.0, 0.2, math.nan], dtype=torch.float64))
+    means = stats.means()
+    assert stats.batches == 3 and list(means) == ["train_loss", "train_rate", "train_ce"]
+    assert means["train_loss"] == 2.0 and abs(means["train_rate"] - 0.2) < 1e-12 and math.isnan(means["train_ce"])
