@@ -243,6 +243,20 @@ GAP_METHODS = ("ce", "kd", "ddsd")
 BUDGET_METHODS = ("ce", "tfkd", "ddsd")
 
 
+def save_plot(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """Label, grid and legend ``ax``, write ``fig`` to ``path`` (PNG, 90 dpi) and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def config_epochs(d: str) -> int:
     import yaml
 

@@ -121,14 +121,8 @@ def budget_curves(sections: dict[str, dict[str, Path]], out: Path) -> None:
             x = np.arange(1, n + 1)
             ax.plot(x, a.mean(0), label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
             ax.fill_between(x, a.min(0), a.max(0), alpha=0.2)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key.replace("_", " "))
-        ax.set_title(f"{d}: ce learning curves at each budget (poly LR)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / f"{d}_ce_curves.png", dpi=90)
-        plt.close(fig)
+        r1.save_plot(fig, ax, "epoch", key.replace("_", " "), f"{d}: ce learning curves at each budget (poly LR)",
+                     out / f"{d}_ce_curves.png")
 
 
 def budget_table(datasets: list[str]) -> int:

@@ -322,14 +322,8 @@ def strength_plot(datasets: list[str]) -> int:
         for tname, score, _ in pts:
             if math.isfinite(score):
                 ax.annotate(tname, (score, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom")
-        ax.set_xlabel(f"teacher test {key} (virtual teacher = 1)")
-        ax.set_ylabel(f"student test {key} (mean, 95 % CI)")
-        ax.set_title(f"{d}: simple student vs teacher quality")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / f"{d}.png", dpi=90)
-        plt.close(fig)
+        r1.save_plot(fig, ax, f"teacher test {key} (virtual teacher = 1)", f"student test {key} (mean, 95 % CI)",
+                     f"{d}: simple student vs teacher quality", out / f"{d}.png")
         print(f"wrote {out / f'{d}.png'}")
     return 0
 
