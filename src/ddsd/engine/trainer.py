@@ -170,7 +170,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, ctx: distributed.DistConte
             stats = train_epoch(s, net, epoch, on_step if progress_on else None)
             _end_epoch(s, o, net, epoch, stats, t0)
 
-    summary = _finish(s, run)
+    summary = _finish(s, run, o.key)
     summary["wall_time_s"] = time.perf_counter() - t_start
     if isinstance(t := s.teacher, CachedTeacher):
         summary["teacher_cache"] = {"dir": str(t.cache_dir), "hits": t.hits, "misses": t.misses}
@@ -225,7 +225,7 @@ def _end_epoch(s: Session, o: _Outputs, net: nn.Module, epoch: int, stats: Epoch
     ctx.barrier()
 
 
-def _finish(s: Session, run: RunDir) -> dict[str, Any]:
+def _finish(s: Session, run: RunDir, key: str) -> dict[str, Any]:
     """Score the last weights on val, then load ``best.pt`` and score it on val and ``eval_splits``; the summary."""
     cfg, ctx = s.cfg, s.ctx
     ctx.barrier()
@@ -234,7 +234,7 @@ def _finish(s: Session, run: RunDir) -> dict[str, Any]:
     unwrap(s.model).load_state_dict(best_state["model"])
     summary: dict[str, Any] = {
         "method": cfg.method.name, "dataset": s.spec.name, "model": cfg.model.name, "seed": cfg.train.seed,
-        "epochs": cfg.train.epochs, "main_metric": main_metric(s.val_ds), "best_epoch": s.best_epoch,
+        "epochs": cfg.train.epochs, "main_metric": key, "best_epoch": s.best_epoch,
         "best_val": best_state["val"], "final_val": final_val, **{k: v for k, v in best_state["val"].items()},
     }
     for split in cfg.data.eval_splits:
