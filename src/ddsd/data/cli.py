@@ -1,7 +1,8 @@
 """``ddsd data ...``: dataset commands (mounted by the main CLI as the ``data`` group).
 
 ``ddsd data check <config-or-root>`` validates a dataset and prints a summary; exit status 1 when anything
-is wrong. ``ddsd data list`` shows the built-in and shipped dataset names.
+is wrong. ``ddsd data split <root>`` writes seeded train/val/test lists for a folder of images + masks that has
+none. ``ddsd data list`` shows the built-in and shipped dataset names.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ddsd._errors import fail
 from ddsd.data.check import CheckReport, check_dataset
 from ddsd.data.errors import MAX_SHOWN, DataError
 from ddsd.data.spec import PROCEDURAL_NAMES, load_spec, shipped_names
+from ddsd.data.splits import plan_splits, write_splits
 
 app = typer.Typer(help="Datasets: validate and summarise (layouts, mask encodings, class shares).",
                   no_args_is_help=True)
@@ -108,6 +110,46 @@ def check(
     _print_report(console, report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _names(stems: list[str], limit: int = 5) -> str:
+    return ", ".join(stems[:limit]) + (f" and {len(stems) - limit} more" if len(stems) > limit else "")
+
+
+@app.command()
+def split(
+    root: str = typer.Argument(..., help="A dataset folder with images/ + masks/ (or the spellings detection "
+                               "knows: Imgs/ + GT/, ...)."),
+    val: float = typer.Option(0.1, help="Share of the pairs for val (0: no val list)."),
+    test: float = typer.Option(0.1, help="Share of the pairs for test (0: no test list)."),
+    seed: int = typer.Option(0, help="Seed of the partition (order: SHA-256 of '<seed>:<stem>')."),
+    image_dir: str | None = typer.Option(None, help="Image folder relative to ROOT (default: detected)."),
+    mask_dir: str | None = typer.Option(None, help="Mask folder relative to ROOT (default: detected)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing train/val/test lists."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the partition; write nothing."),
+) -> None:
+    """Write seeded train/val/test split lists for a folder dataset that has none."""
+    console = Console(width=max(Console().width, 120))
+    try:
+        plan = plan_splits(root, val=val, test=test, seed=seed, image_dir=image_dir, mask_dir=mask_dir)
+        written = [] if dry_run else write_splits(plan, overwrite=overwrite)
+    except DataError as e:
+        raise fail(console, str(e), 1) from None
+    for what, stems in (("image(s) without a mask", plan.images_without_mask),
+                        ("mask(s) without an image", plan.masks_without_image)):
+        if stems:
+            console.print(f"[yellow]warning:[/yellow] left out {len(stems)} {what}: {escape(_names(stems))}",
+                          highlight=False)
+    t = Table(title=f"{escape(str(plan.root))} (seed {plan.seed})")
+    t.add_column("split")
+    t.add_column("pairs", justify="right")
+    t.add_column("list")
+    for s, stems in plan.lists.items():
+        t.add_row(s, str(len(stems)), escape(str(plan.files[s])))
+    console.print(t)
+    console.print("dry run: nothing written" if dry_run else
+                  f"wrote {len(written)} list(s); check them with `ddsd data check {escape(str(plan.root))}`",
+                  highlight=False)
 
 
 @app.command("list")
