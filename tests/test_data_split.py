@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from ddsd.data import DataError, build_dataset, load_spec
 from ddsd.data.cli import app
 from ddsd.data.splits import plan_splits, write_splits
-from tests.data_helpers import make_camvid, rand_image, save
+from tests.data_helpers import make_camvid, make_voc, rand_image, save
 
 runner = CliRunner()
 
@@ -107,6 +108,20 @@ def test_too_few_pairs_several_files_and_other_layouts(tmp_path: Path) -> None:
         plan_splits(make_camvid(tmp_path / "cv"))
     with pytest.raises(DataError, match="does not exist"):
         plan_splits(tmp_path / "nowhere")
+
+
+def test_voc_without_image_sets(tmp_path: Path) -> None:
+    root = make_voc(tmp_path / "voc")
+    shutil.rmtree(root / "ImageSets")
+    with pytest.raises(DataError, match="ddsd data split"):
+        load_spec(str(root))
+    plan = plan_splits(root, val=0.2, test=0.2)
+    assert plan.images_without_mask == ["2009_000001"]  # VOC: detection images have no mask
+    files = write_splits(plan)
+    assert all(f.parent == root / "ImageSets" / "Segmentation" for f in files)
+    spec = load_spec(str(root))
+    assert spec.layout == "voc" and spec.splits == ["train", "val", "test"]
+    assert sum(len(build_dataset(spec, s, size=(10, 12))) for s in spec.splits) == 5
 
 
 def test_detected_folder_spellings_and_explicit_dirs(tmp_path: Path) -> None:

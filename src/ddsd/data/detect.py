@@ -165,7 +165,7 @@ def detect_spec(root: Path | str, layout: str | None = None, encoding: str | Non
         splits = list(overrides["splits"])
     if not splits:
         hint = (f"; `ddsd data split {root}` writes a seeded 80/10/10 partition of the image/mask pairs"
-                if probe.layout == "folder" else "")
+                if probe.layout in ("folder", "voc") else "")
         raise DataError(f"{root}: no split lists found (expected e.g. "
                         f"{', '.join(probe.split_file_for(s) for s in ('train', 'val', 'test'))}){hint}")
     if "trainval" in splits and {"train", "val"} <= set(splits):

@@ -1,8 +1,10 @@
 """Split lists for a folder dataset that has none (``ddsd data split ROOT``).
 
-A user's folder is often just ``images/`` + ``masks/``. Training needs ``train.txt`` / ``val.txt`` /
+A user's folder is often just ``images/`` + ``masks/`` (or VOC's ``JPEGImages/`` + ``SegmentationClass/``
+without ``ImageSets/``). Training needs ``train.txt`` / ``val.txt`` /
 ``test.txt``; this module partitions the stems that have both an image and a mask, reproducibly, and writes
-those lists (atomically, never over existing lists unless asked):
+those lists (``ImageSets/Segmentation/<split>.txt`` for VOC; atomically, never over existing lists unless
+asked):
 
 - **order**: the stems sorted by ``SHA-256("<seed>:<stem>")``: the same partition on every machine, Python
   and NumPy version, and a stem keeps its place in the order when other files are added;
@@ -35,14 +37,16 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class SplitPlan:
-    """What :func:`write_splits` writes: ``lists`` split -> stems (sorted), the list files, and the pairs left
-    out (``images_without_mask``, ``masks_without_image``: stems)."""
+    """What :func:`write_splits` writes: ``lists`` split -> stems (sorted), their list ``files``, the lists of
+    the splits left empty (``stale``: removed on write) and the stems left out (``images_without_mask``,
+    ``masks_without_image``)."""
 
     root: Path
     seed: int
     shares: dict[str, float]
     lists: dict[str, list[str]]
     files: dict[str, Path]
+    stale: list[Path] = field(default_factory=list)
     images_without_mask: list[str] = field(default_factory=list)
     masks_without_image: list[str] = field(default_factory=list)
 
@@ -61,16 +65,14 @@ def _count(share: float, n: int) -> int:
     return max(1, round(share * n)) if share > 0 else 0
 
 
-def _folder_probe(root: Path, image_dir: str | None, mask_dir: str | None) -> DatasetSpec:
-    if image_dir is None or mask_dir is None:
-        found = detect_layout(root)
-        if found["layout"] != "folder":
-            raise DataError(f"{root}: detected as the {found['layout']} layout, whose splits are its own folders or "
-                            "lists; `ddsd data split` writes lists for the folder layout (images/ + masks/)")
-        image_dir = image_dir or found.get("image_dir", "images")
-        mask_dir = mask_dir or found.get("mask_dir", "masks")
-    return DatasetSpec(name=root.name, root=root, layout="folder", class_names=["a", "b"],
-                       image_dir=image_dir, mask_dir=mask_dir)
+def _probe(root: Path, image_dir: str | None, mask_dir: str | None) -> DatasetSpec:
+    """The folder (or VOC) layout of ``root``, for its folders and list paths; CamVid's splits are folders."""
+    found = {"layout": "folder"} if image_dir and mask_dir else detect_layout(root)
+    if found["layout"] == "camvid":
+        raise DataError(f"{root}: detected as the camvid layout, whose splits are its own folders (train/ + "
+                        "trainannot/ ...); `ddsd data split` writes lists for images/ + masks/ folders or VOC")
+    return DatasetSpec(name=root.name, root=root, layout=found["layout"], class_names=["a", "b"],
+                       image_dir=image_dir or found.get("image_dir"), mask_dir=mask_dir or found.get("mask_dir"))
 
 
 def plan_splits(root: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0,
@@ -89,7 +91,7 @@ def plan_splits(root: str | Path, val: float = 0.1, test: float = 0.1, seed: int
             raise DataError(f"--{name} {share:g}: a share of the pairs must lie in [0, 1)")
     if val + test >= 1:
         raise DataError(f"--val {val:g} + --test {test:g} leave nothing to train on: their sum must be below 1")
-    probe = _folder_probe(root, image_dir, mask_dir)
+    probe = _probe(root, image_dir, mask_dir)
     images = index_folder(root / probe.image_dir_for("train"))
     masks = index_folder(root / probe.mask_dir_for("train"))
     several = [ps for ps in (*images.values(), *masks.values()) if len(ps) > 1]
@@ -109,6 +111,7 @@ def plan_splits(root: str | Path, val: float = 0.1, test: float = 0.1, seed: int
     lists = {s: lists[s] for s in SPLITS if lists[s]}
     return SplitPlan(root=root, seed=seed, shares={"val": val, "test": test}, lists=lists,
                      files={s: root / probe.split_file_for(s) for s in lists},
+                     stale=[root / probe.split_file_for(s) for s in SPLITS if s not in lists],
                      images_without_mask=sorted(set(images) - set(masks)),
                      masks_without_image=sorted(set(masks) - set(images)))
 
@@ -116,16 +119,14 @@ def plan_splits(root: str | Path, val: float = 0.1, test: float = 0.1, seed: int
 def write_splits(plan: SplitPlan, overwrite: bool = False) -> list[Path]:
     """Write ``plan``'s lists (each atomically; a header comment, then one stem a line). Existing lists of the
     three splits are an error naming them unless ``overwrite``. Returns the files written."""
-    existing = [plan.root / f"{s}.txt" for s in SPLITS if (plan.root / f"{s}.txt").exists()]
-    existing += [p for p in plan.files.values() if p.exists() and p not in existing]
+    existing = [p for p in plan.files.values() if p.exists()]
+    existing += [p for p in plan.stale if p.exists()]
     if existing and not overwrite:
-        names = ", ".join(p.name for p in existing)
+        names = ", ".join(str(p.relative_to(plan.root)) for p in existing)
         raise DataError(f"{plan.root} already has {names}: pass --overwrite (Python: write_splits(plan, "
                         "overwrite=True)) to replace them")
-    for s in SPLITS:  # a stale list of a split this plan leaves out would mix two partitions
-        stale = plan.root / f"{s}.txt"
-        if s not in plan.lists and stale.exists():
-            stale.unlink()
+    for stale in plan.stale:  # a list of a split this plan leaves out would mix two partitions
+        stale.unlink(missing_ok=True)
     for s, stems in plan.lists.items():
         atomic_write_bytes(plan.files[s], "".join(f"{x}\n" for x in [plan.header(), *stems]).encode())
     return list(plan.files.values())
