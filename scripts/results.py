@@ -79,8 +79,8 @@ ABLATIONS: dict[str, dict[str, object]] = {
 
 
 ROUND2_STAGES = ("fair-tune", "fair-select", "fair-grid", "own", "controls", "strength", "transfer", "defaults",
-                 "student", "fair-table", "own-table", "controls-table", "strength-table", "strength-plot",
-                 "transfer-table", "defaults-table", "student-table")  # scripts/results_round2.py
+                 "student", "student-full", "fair-table", "own-table", "controls-table", "strength-table",
+                 "strength-plot", "transfer-table", "defaults-table", "student-table")  # scripts/results_round2.py
 
 
 def cand_name(c: dict[str, float]) -> str:

@@ -10,6 +10,7 @@ prints the commands of the unfinished runs, ``--jobs N``, ``--extra``, ``--datas
     python scripts/results.py defaults    --datasets ... --seeds 0-4 [--methods kd,ddsd]  # the library defaults
     python scripts/results.py strength    --datasets ... --seeds 0-4   # teachers of increasing quality, defaults
     python scripts/results.py student     --datasets ... --seeds 0-4   # SegFormer-B0 student: ce, kd, ddsd
+    python scripts/results.py student-full --datasets ... --seeds 0-4  # the same at the full epochs
     python scripts/results.py fair-table|own-table|controls-table|strength-table|strength-plot --datasets ...
     python scripts/results.py student-table --datasets ...
 
@@ -82,20 +83,21 @@ DEFAULT_ARMS: dict[str, tuple[str, dict[str, object]]] = {
 DEFAULT_ARMS["ddsd-absolute"] = ("ddsd", {**DEFAULT_ARMS["ddsd"][1], "method.capability_relative": False})
 # ``student``: a realistic student, Hugging Face SegFormer-B0 from random initialisation (nothing downloaded), with
 # ce and the defaults stage's kd / ddsd arms. CPU budget: bf16 autocast + channels_last (r1.FAST_UNET) and half the
-# dataset's epochs (SOD: ~20 s per epoch on one thread, 15 epochs ~5 min per run); every arm gets the same budget
+# dataset's epochs (SOD: ~20 s per epoch on one thread, 15 epochs ~5 min per run); every arm gets the same budget.
+# ``student-full``: the same at the simple student's full epochs (ISBI: ~5 min per run)
 STUDENT_MODEL: dict[str, object] = {"model.name": "segformer_b0", **r1.FAST_UNET}
-STUDENT_EPOCH_SHARE = 0.5
+STUDENT_BUDGETS = {"student": 0.5, "student-full": 1.0}  # stage -> share of the dataset's epochs
 STUDENT_ARMS = ("ce", "kd", "ddsd")
 
 
-def student_model(d: str) -> dict[str, object]:
-    """The overrides every arm of the ``student`` stage shares on dataset ``d`` (model, precision, epochs)."""
-    return {**STUDENT_MODEL, "train.epochs": max(1, round(STUDENT_EPOCH_SHARE * r1.config_epochs(d)))}
+def student_model(d: str, stage: str = "student") -> dict[str, object]:
+    """The overrides every arm of a student ``stage`` shares on dataset ``d`` (model, precision, epochs)."""
+    return {**STUDENT_MODEL, "train.epochs": max(1, round(STUDENT_BUDGETS[stage] * r1.config_epochs(d)))}
 
 
-def student_arms(d: str) -> dict[str, tuple[str, dict]]:
-    """arm -> (method, overrides) of the ``student`` stage on dataset ``d``."""
-    model = student_model(d)
+def student_arms(d: str, stage: str = "student") -> dict[str, tuple[str, dict]]:
+    """arm -> (method, overrides) of a student ``stage`` on dataset ``d``."""
+    model = student_model(d, stage)
     return {arm: ("ce", model) if arm == "ce" else (DEFAULT_ARMS[arm][0], {**DEFAULT_ARMS[arm][1], **model})
             for arm in STUDENT_ARMS}
 
@@ -335,13 +337,13 @@ def main(a, datasets: list[str], methods: list[str] | None) -> int:
         if not r1.PLAN:
             second = tune_jobs(datasets, methods)[1]  # phase 1 may have finished meanwhile
         return rc or r1.run_all(second, a.jobs)
-    if a.stage in ("defaults", "defaults-table", "strength", "strength-table", "strength-plot", "student",
-                   "student-table"):  # no tuning involved: the library's defaults
+    if a.stage in ("defaults", "defaults-table", "strength", "strength-table", "strength-plot", "student-table",
+                   *STUDENT_BUDGETS):  # no tuning involved: the library's defaults
         if a.stage == "defaults":
             return r1.run_all(arm_jobs("defaults", datasets, r1.seeds_of(a.seeds), arms), a.jobs)
-        if a.stage == "student":
-            return r1.run_all([j for d in datasets for j in arm_jobs("student", [d], r1.seeds_of(a.seeds),
-                                                                      student_arms(d))], a.jobs)
+        if a.stage in STUDENT_BUDGETS:
+            return r1.run_all([j for d in datasets for j in arm_jobs(a.stage, [d], r1.seeds_of(a.seeds),
+                                                                      student_arms(d, a.stage))], a.jobs)
         if a.stage == "strength":
             first, second = strength_jobs(datasets, r1.seeds_of(a.seeds))
             return r1.run_all(first, a.jobs) or r1.run_all(second, a.jobs)

@@ -174,17 +174,22 @@ def defaults_sections(datasets: list[str]) -> dict:
 
 
 def student_sections(datasets: list[str]) -> dict:
-    """Per dataset: the SegFormer-B0 student's arms vs ce, then ddsd vs kd paired directly."""
+    """Per dataset and epoch budget that has runs: the SegFormer-B0 student's arms vs ce, then ddsd vs kd paired
+    directly."""
     sections = {}
     for d in datasets:
-        label = {}  # the shared model keys (the table's note) are left out of the row names
-        shared = r2.student_model(d)
-        for arm, (_, over) in r2.student_arms(d).items():
-            own = {k: v for k, v in over.items() if k not in shared}
-            label[arm] = f"{arm} ({setting(own)})" if own else arm
-        runs = {arm: r2.root() / "student/runs" / d / arm for arm in r2.STUDENT_ARMS}
-        sections[f"{d} — vs ce"] = (d, {label[a]: runs[a] for a in r2.STUDENT_ARMS})
-        sections[f"{d} — ddsd vs kd"] = (d, {label[a]: runs[a] for a in ("kd", "ddsd")})
+        for stage, share in r2.STUDENT_BUDGETS.items():
+            runs = {arm: r2.root() / stage / "runs" / d / arm for arm in r2.STUDENT_ARMS}
+            if not any(any(p.glob("seed*/summary.json")) for p in runs.values()):
+                continue
+            label = {}  # the shared model keys (the table's note and heading) are left out of the row names
+            shared = r2.student_model(d, stage)
+            for arm, (_, over) in r2.student_arms(d, stage).items():
+                own = {k: v for k, v in over.items() if k not in shared}
+                label[arm] = f"{arm} ({setting(own)})" if own else arm
+            budget = f"{d}, {shared['train.epochs']} epochs ({share:g} x)"
+            sections[f"{budget} — vs ce"] = (d, {label[a]: runs[a] for a in r2.STUDENT_ARMS})
+            sections[f"{budget} — ddsd vs kd"] = (d, {label[a]: runs[a] for a in ("kd", "ddsd")})
     return sections
 
 
@@ -354,9 +359,10 @@ def main(stage: str, datasets: list[str], tuned: dict) -> int:
     if stage == "student-table":
         return paired_tables("student", "Round 2: a realistic student (SegFormer-B0, random init) with ce, kd and ddsd "
                              "at the library's defaults", command, student_sections(datasets),
-                             f"Every arm: `segformer_b0` from random initialisation, bf16 autocast and channels_last, "
-                             f"{r2.STUDENT_EPOCH_SHARE:g} x the dataset's epochs of the simple student "
-                             f"(CPU budget; the same for every arm).")
+                             "Every arm: `segformer_b0` from random initialisation, bf16 autocast and channels_last, "
+                             "for the share of the dataset's epochs of the simple student that each heading names "
+                             "(CPU budget; the same for every arm of a section). Runs: `round2/student/runs/` (0.5 x), "
+                             "`round2/student-full/runs/` (1 x).")
     if stage == "strength-table":
         return strength_table(datasets, command)
     return strength_plot(datasets)

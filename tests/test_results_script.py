@@ -300,3 +300,27 @@ def test_round2_reuses_the_defaults_stage_run_of_the_same_config(round2, monkeyp
     assert finished == [("kd", "seed0"), ("kd", "seed1")]  # seed 2 has no defaults run: it trains
     assert json.loads((results.RESULTS / "round2/fair-grid/runs/sod/kd/seed1/summary.json").read_text())[
         "best_val"]["fbeta_max"] == 0.71
+
+
+def test_round2_student_budgets_share_arms_and_keep_their_runs_apart(round2, capsys):
+    """``student`` / ``student-full``: the same arms at 0.5 x and 1 x the dataset's epochs, in separate folders;
+    the table shows a budget only when it has runs."""
+    results, r2, run = round2
+    plans = {}
+    for stage in ("student", "student-full"):
+        _rc, cmds = run(capsys, stage, "--plan", "--datasets", "sod", "--seeds", "0")
+        plans[stage] = {c[c.index("--method") + 1]: (_sets(c), c[c.index("--out") + 1]) for c in cmds}
+    epochs = results.config_epochs("sod")
+    for m in ("ce", "kd", "ddsd"):
+        half, full = plans["student"][m], plans["student-full"][m]
+        assert half[0]["model.name"] == full[0]["model.name"] == "segformer_b0"
+        assert (int(half[0]["train.epochs"]), int(full[0]["train.epochs"])) == (round(epochs / 2), epochs)
+        assert {k: v for k, v in half[0].items() if k != "train.epochs"} == \
+            {k: v for k, v in full[0].items() if k != "train.epochs"}
+        assert "/student/runs/sod/" in half[1] and "/student-full/runs/sod/" in full[1]
+    for s in (0, 1):
+        for arm in r2.STUDENT_ARMS:
+            _fake_summary(r2.root() / "student-full/runs/sod" / arm / f"seed{s}", 0.5 + s / 10)
+    assert run(capsys, "student-table", "--datasets", "sod")[0] == 0
+    table = (r2.root() / "student/table.md").read_text()
+    assert f"## sod, {epochs} epochs (1 x) — ddsd vs kd" in table and "(0.5 x) — vs ce" not in table
