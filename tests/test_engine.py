@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -205,8 +206,12 @@ def test_shipped_configs_validate():
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_training_on_cpu(tmp_path, amp):
-    summary = train(tiny_cfg(tmp_path / amp, "ddsd", epochs=1, **{"train.amp": amp}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(tiny_cfg(tmp_path / amp, "ddsd", epochs=1, **{"train.amp": amp}))
     assert 0.0 <= summary["fbeta_max"] <= 1.0 and summary["mae"] == summary["mae"]
+    # fp16's scaler skips its first steps (inf gradients): torch's scheduler-order warning is not passed on
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
 
 
 def test_resume_refuses_other_settings_and_saves_resolved_config(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,12 @@ def _step(s: Session, net: nn.Module, x: torch.Tensor, y: torch.Tensor):
         nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.optim.grad_clip)
     s.scaler.step(s.opt)
     s.scaler.update()
-    s.lr_sched.step()
+    if s.scaler.is_enabled():  # fp16: the scaler skips the first steps while it calibrates (inf gradients); the
+        with warnings.catch_warnings():  # LR schedule still follows the step count, so torch's warning is noise
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            s.lr_sched.step()
+    else:
+        s.lr_sched.step()
     s.crit.step()
     return out
 
