@@ -157,3 +157,12 @@ def test_stems_with_spaces_round_trip(tmp_path: Path) -> None:
     stems = sorted(build_dataset(spec, s, size=(8, 10))[i]["stem"] for s in spec.splits
                    for i in range(len(build_dataset(spec, s, size=(8, 10)))))
     assert stems == ["my photo 0", "my photo 1", "p02", "p03", "p04", "p05"]
+
+
+def test_a_missing_list_names_the_split_command(tmp_path: Path) -> None:
+    root = make_unsplit(tmp_path / "ds", n=10)
+    write_splits(plan_splits(root))
+    (root / "val.txt").unlink()
+    with pytest.raises(DataError, match=r"val.txt: split list of split 'val' is missing \(`ddsd data split .* "
+                                        r"--overwrite` writes a new train/val/test partition\)"):
+        build_dataset(load_spec(str(root)), "val", size=(8, 10))

@@ -109,7 +109,9 @@ def _split_entries(spec: DatasetSpec, split: str, images: dict, masks: dict, err
         return entries, False
     if spec.layout == "camvid" and (root / spec.image_dir_for(split)).is_dir():
         return [[s] for s in sorted(set(images) | set(masks))], True
-    errors.add(f"{list_path}: split list of split '{split}' is missing")
+    hint = (f" (`ddsd data split {root} --overwrite` writes a new train/val/test partition)"
+            if spec.layout in ("folder", "voc") else "")
+    errors.add(f"{list_path}: split list of split '{split}' is missing{hint}")
     return None, False
 
 
