@@ -39,7 +39,7 @@ SPLITS = ("train", "val", "test")
 class SplitPlan:
     """What :func:`write_splits` writes: ``lists`` split -> stems (sorted), their list ``files``, the lists of
     the splits left empty (``stale``: removed on write) and the stems left out (``images_without_mask``,
-    ``masks_without_image``)."""
+    ``masks_without_image``), and each pair's files (``pairs``: stem -> (image, mask))."""
 
     root: Path
     seed: int
@@ -47,8 +47,16 @@ class SplitPlan:
     lists: dict[str, list[str]]
     files: dict[str, Path]
     stale: list[Path] = field(default_factory=list)
+    pairs: dict[str, tuple[Path, Path]] = field(default_factory=dict)
     images_without_mask: list[str] = field(default_factory=list)
     masks_without_image: list[str] = field(default_factory=list)
+
+    def line(self, stem: str) -> str:
+        """A list line for ``stem``: the stem, or for a stem a reader would skip or trim (``#...``, edge
+        spaces) the ``image<TAB>mask`` pair relative to the root."""
+        if not stem.startswith("#") and stem == stem.strip():
+            return stem
+        return "\t".join(str(p.relative_to(self.root)) for p in self.pairs[stem])
 
     def header(self) -> str:
         """The comment line opening each list (the list readers skip ``#`` lines)."""
@@ -112,6 +120,7 @@ def plan_splits(root: str | Path, val: float = 0.1, test: float = 0.1, seed: int
     return SplitPlan(root=root, seed=seed, shares={"val": val, "test": test}, lists=lists,
                      files={s: root / probe.split_file_for(s) for s in lists},
                      stale=[root / probe.split_file_for(s) for s in SPLITS if s not in lists],
+                     pairs={x: (images[x][0], masks[x][0]) for x in paired},
                      images_without_mask=sorted(set(images) - set(masks)),
                      masks_without_image=sorted(set(masks) - set(images)))
 
@@ -128,5 +137,6 @@ def write_splits(plan: SplitPlan, overwrite: bool = False) -> list[Path]:
     for stale in plan.stale:  # a list of a split this plan leaves out would mix two partitions
         stale.unlink(missing_ok=True)
     for s, stems in plan.lists.items():
-        atomic_write_bytes(plan.files[s], "".join(f"{x}\n" for x in [plan.header(), *stems]).encode())
+        lines = [plan.header(), *(plan.line(x) for x in stems)]
+        atomic_write_bytes(plan.files[s], "".join(f"{x}\n" for x in lines).encode())
     return list(plan.files.values())
