@@ -144,6 +144,8 @@ def test_cli_split_dry_run_write_and_refuse(tmp_path: Path) -> None:
     assert len(listed(root / "val.txt")) == 2
     r = runner.invoke(app, ["split", str(root)])
     assert r.exit_code == 1 and "pass --overwrite" in " ".join(r.output.split())
+    r = runner.invoke(app, ["split", str(root), "--test", "0", "--overwrite"])
+    assert r.exit_code == 0 and "removed test.txt" in r.output and not (root / "test.txt").exists()
     assert runner.invoke(app, ["check", str(root)]).exit_code == 0
 
 

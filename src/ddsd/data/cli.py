@@ -132,6 +132,7 @@ def split(
     console = Console(width=max(Console().width, 120))
     try:
         plan = plan_splits(root, val=val, test=test, seed=seed, image_dir=image_dir, mask_dir=mask_dir)
+        removed = [p for p in plan.stale if p.exists()]
         written = [] if dry_run else write_splits(plan, overwrite=overwrite)
     except DataError as e:
         raise fail(console, str(e), 1) from None
@@ -147,9 +148,13 @@ def split(
     for s, stems in plan.lists.items():
         t.add_row(s, str(len(stems)), escape(str(plan.files[s])))
     console.print(t)
-    console.print("dry run: nothing written" if dry_run else
-                  f"wrote {len(written)} list(s); check them with `ddsd data check {escape(str(plan.root))}`",
-                  highlight=False)
+    if dry_run:
+        console.print("dry run: nothing written" + (f" (would remove {', '.join(p.name for p in removed)})"
+                                                    if removed else ""), highlight=False)
+        return
+    gone = f"; removed {', '.join(p.name for p in removed)} (its split is now empty)" if removed else ""
+    console.print(f"wrote {len(written)} list(s){gone}; check them with `ddsd data check "
+                  f"{escape(str(plan.root))}`", highlight=False)
 
 
 @app.command("list")
