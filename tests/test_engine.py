@@ -274,3 +274,35 @@ def test_epoch_stats_leave_out_non_finite_steps():
     means = stats.means()
     assert stats.batches == 3 and list(means) == ["train_loss", "train_rate", "train_ce"]
     assert means["train_loss"] == 2.0 and abs(means["train_rate"] - 0.2) < 1e-12 and math.isnan(means["train_ce"])
+
+
+def test_resume_refuses_a_changed_split_and_warns_on_edited_pixels(tmp_path):
+    """A resumed run must train on the images it started with: files added to or removed from a split are
+    refused (naming them); the same names with other pixels give a warning; the procedural set resumes."""
+    import numpy as np
+    from PIL import Image
+    from rich.console import Console
+
+    from tests.data_helpers import make_folder_binary
+
+    root = make_folder_binary(tmp_path / "ds", n={"train": 4, "val": 2, "test": 2})
+    cfg = tiny_cfg(tmp_path / "run", epochs=1, data=str(root), **{"data.batch_size": 2, "data.size": [12, 16],
+                                                                   "data.cache_dir": str(tmp_path / "cache")})
+    train(cfg)
+    saved = load_checkpoint(tmp_path / "run/checkpoints/last.pt")["data"]
+    assert saved["train"]["stems"] == [f"train{i:02d}" for i in range(4)] and len(saved["val"]["digest"]) == 64
+    more = apply_overrides(cfg, ["train.epochs=2"])
+    (root / "train.txt").write_text("train00\ntrain01\ntrain02\n")
+    with pytest.raises(ConfigError, match=r"the train split is not the one .* \(4 -> 3 images: 1 removed "
+                                          r"\(train03\)\); resuming would mix two datasets"):
+        train(more, resume=True)
+    (root / "train.txt").write_text("train00\ntrain01\ntrain02\ntrain03\n")
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(root / "masks" / "val00.png")  # edited in place
+    console = Console(record=True, width=200)
+    assert train(more, resume=True, console=console)["epochs"] == 2
+    assert "the val images have the same names but other decoded pixels" in console.export_text()
+    train(tiny_cfg(tmp_path / "p", epochs=1))
+    assert train(tiny_cfg(tmp_path / "p", epochs=2), resume=True)["epochs"] == 2
+    from ddsd.engine.resume import check_same_data  # checkpoints written before the check resume as before
+
+    assert check_same_data(None, {"train": {"stems": ["a"], "digest": None}}, tmp_path / "r/checkpoints/x.pt") is None

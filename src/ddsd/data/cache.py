@@ -176,9 +176,10 @@ class SplitCache:
         if not ((masks < k) | (masks == IGNORE_INDEX)).all():
             raise ValueError(f"masks.npy holds values outside the class ids 0..{k - 1} and void 255")
 
-    def save(self, images: np.ndarray, masks: np.ndarray, meta: dict) -> None:
+    def save(self, images: np.ndarray, masks: np.ndarray, meta: dict) -> dict:
         """Write the arrays and then ``meta.json`` (atomically, one writer at a time, stale temporary files of
-        an interrupted build removed), hold the entry, and delete older entries of this prefix nobody uses."""
+        an interrupted build removed), hold the entry, and delete older entries of this prefix nobody uses.
+        Returns the meta as written (with the key, count and checksums)."""
         for _ in range(3):  # a stale-entry sweep of another process may remove a fresh empty folder once
             self.dir.mkdir(parents=True, exist_ok=True)
             if self.hold():
@@ -192,6 +193,7 @@ class SplitCache:
             meta = {**meta, "key": self.key, "count": int(images.shape[0]), "checksums": sums}
             atomic_write_bytes(self.meta_path, json.dumps(meta).encode())
         self._drop_stale()
+        return meta
 
     def _drop_stale(self) -> None:
         """Delete older entries of the same root, split and size whose exclusive lock is free."""

@@ -7,6 +7,7 @@ their own sizes on each access. The procedural set is generated in memory.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ddsd.data.cache import SplitCache, cache_key, default_cache_dir
+from ddsd.data.cache import SplitCache, array_digest, cache_key, default_cache_dir
 from ddsd.data.encodings import read_mask
 from ddsd.data.errors import DataError, ErrorCollector
 from ddsd.data.layouts import Sample, resolve_split
@@ -32,7 +33,8 @@ class SegDataset(Dataset):
     ``ds[i]`` is a dict: ``image`` ``float32 [3, H, W]`` (ImageNet-normalised), ``mask`` ``int64 [H, W]``
     (class ids, void 255), ``index`` (int) and ``stem`` (str). With ``augment=True`` a random scale/crop and
     flip are applied, determined by ``(seed, epoch, index)``; call :meth:`set_epoch` each epoch (workers of a
-    non-persistent DataLoader pick it up). Build it with :func:`build_dataset`.
+    non-persistent DataLoader pick it up). Build it with :func:`build_dataset`. ``content_digest``: SHA-256 of
+    the decoded image and mask arrays at the training size (None without a size), what a resumed run compares.
     """
 
     def __init__(self, spec: DatasetSpec, split: str, stems: list[str], *,
@@ -41,8 +43,10 @@ class SegDataset(Dataset):
                  cache: SplitCache | None = None,
                  original_sizes: list[tuple[int, int]] | None = None,
                  size: tuple[int, int] | None = None,
-                 augment: bool = False, seed: int = 0, pad: bool = False) -> None:
+                 augment: bool = False, seed: int = 0, pad: bool = False,
+                 content_digest: str | None = None) -> None:
         self.spec = spec
+        self.content_digest = content_digest
         self.split = split
         self.stems = stems
         self.samples = samples
@@ -165,7 +169,9 @@ def build_dataset(spec: DatasetSpec | str, split: str, size: tuple[int, int] | N
         images, masks = generate_split(spec, split, size)
         stems = [f"{split}_{i:05d}" for i in range(len(images))]
         return SegDataset(spec, split, stems, arrays=(images, masks), size=size, augment=augment, seed=seed,
-                          original_sizes=[size] * len(stems))
+                          original_sizes=[size] * len(stems),
+                          content_digest=hashlib.sha256((array_digest(images) + array_digest(masks)).encode()
+                                                        ).hexdigest())
 
     require_root(spec)
     errors = ErrorCollector()
@@ -190,8 +196,11 @@ def build_dataset(spec: DatasetSpec | str, split: str, size: tuple[int, int] | N
     if meta is None or meta.get("stems") != stems:
         meta = _build_cache(cache, spec, split, samples, size, workers, pad)
     original_sizes = [tuple(x) for x in meta["original_sizes"]]
+    sums = meta.get("checksums") or {}
+    digest = hashlib.sha256(f"{sums.get('images')}{sums.get('masks')}".encode()).hexdigest() if sums else None
     return SegDataset(spec, split, stems, samples=samples, cache=cache, size=size, augment=augment,
-                      seed=seed, original_sizes=original_sizes, pad=pad)  # type: ignore[arg-type]
+                      seed=seed, original_sizes=original_sizes, pad=pad,  # type: ignore[arg-type]
+                      content_digest=digest)
 
 
 def _build_cache(cache: SplitCache, spec: DatasetSpec, split: str, samples: list[Sample],
@@ -213,8 +222,7 @@ def _build_cache(cache: SplitCache, spec: DatasetSpec, split: str, samples: list
     meta = {"dataset": spec.name, "split": split, "size": list(size), "stems": [s.stem for s in samples],
             "original_sizes": [list(s) for s in original_sizes if s is not None],
             "inbetween_files": int(inbetween_files)}
-    cache.save(images, masks, meta)
-    return meta
+    return cache.save(images, masks, meta)
 
 
 def collate_keep(batch: list[dict[str, Any]]) -> dict[str, Any]:

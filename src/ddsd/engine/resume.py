@@ -11,7 +11,7 @@ import torch
 from ddsd.config import ConfigError, RunConfig
 from ddsd.engine.checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["check_resumable", "load_last"]
+__all__ = ["check_resumable", "check_same_data", "data_identity", "load_last"]
 
 _RESUME_MAY_CHANGE = {"train.epochs", "train.progress", "train.threads", "train.device", "data.num_workers",
                       "data.eval_splits", "data.cache_dir", "data.root", "train.tensorboard", "train.teacher_cache",
@@ -58,3 +58,46 @@ def load_last(last: Path, best: Path, map_location: torch.device | str) -> dict[
         raise CheckpointError(f"cannot resume {root}: {last} is unreadable (half-written or damaged: {why}); "
                               f"{fix}or start again with `--overwrite` or another --out. Nothing was deleted."
                               ) from None
+
+
+def data_identity(datasets: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """split -> ``{"stems": [...], "digest": ...}`` of the datasets a run trains and selects on (stored in each
+    checkpoint; ``digest`` is the dataset's ``content_digest``: the decoded arrays)."""
+    return {split: {"stems": list(ds.stems), "digest": getattr(ds, "content_digest", None)}
+            for split, ds in datasets.items()}
+
+
+def _names(stems: list[str], limit: int = 3) -> str:
+    return ", ".join(stems[:limit]) + (f" and {len(stems) - limit} more" if len(stems) > limit else "")
+
+
+def check_same_data(saved: dict[str, Any] | None, now: dict[str, dict[str, Any]], path: Path) -> str | None:
+    """Refuse to resume on other images than the checkpoint's (files added to or removed from a split: the run
+    would silently mix two datasets). The same names with other decoded pixels (files edited in place, or
+    another image decoder on another machine) give a warning string instead. Checkpoints written before this
+    check (no ``data``) pass."""
+    if not saved:
+        return None
+    root = path.parent.parent
+    warn = []
+    for split, cur in now.items():
+        old = saved.get(split)
+        if old is None:
+            continue
+        if old["stems"] != cur["stems"]:
+            added = sorted(set(cur["stems"]) - set(old["stems"]))
+            gone = sorted(set(old["stems"]) - set(cur["stems"]))
+            what = "; ".join(x for x in (f"{len(added)} added ({_names(added)})" if added else "",
+                                         f"{len(gone)} removed ({_names(gone)})" if gone else "") if x)
+            raise ConfigError(f"cannot resume {path}: the {split} split is not the one this run was trained on "
+                              f"({len(old['stems'])} -> {len(cur['stems'])} images: {what or 'reordered'}); resuming "
+                              f"would mix two datasets. Restore the split's files or list, or train anew with "
+                              f"another --out (`ddsd train --config {shlex.quote(str(root / 'config.yaml'))} --out "
+                              "NEW`)")
+        if old.get("digest") and cur.get("digest") and old["digest"] != cur["digest"]:
+            warn.append(split)
+    if warn:
+        return (f"resuming {root}: the {' and '.join(warn)} images have the same names but other decoded pixels "
+                "than when the run started (files edited in place, or another image decoder); the run continues "
+                "on the current files")
+    return None

@@ -25,7 +25,7 @@ from ddsd.data import build_dataset, collate_keep, load_spec
 from ddsd.data.sizing import resolve_size
 from ddsd.engine import distributed
 from ddsd.engine.resources import resolve_threads, resolve_workers
-from ddsd.engine.resume import check_resumable, load_last
+from ddsd.engine.resume import check_resumable, check_same_data, data_identity, load_last
 from ddsd.engine.rundir import RunDir
 from ddsd.engine.seeding import seed_everything, set_rng_state, worker_init_fn
 from ddsd.methods import TEACHER_METHODS, build_criterion
@@ -223,6 +223,9 @@ def resume_session(s: Session, run: RunDir) -> None:
     progress), after checking it was written by the same config."""
     state = load_last(run.last, run.best, map_location=s.device)
     check_resumable(state.get("config", {}), s.cfg, run.last)
+    changed = check_same_data(state.get("data"), data_identity({"train": s.train_ds, "val": s.val_ds}), run.last)
+    if changed and s.ctx.is_main:
+        s.console.print(f"[yellow]warning:[/yellow] {escape(changed)}", highlight=False)
     s.model.load_state_dict(state["model"])
     s.opt.load_state_dict(state["optimizer"])
     s.lr_sched.load_state_dict(state["lr_scheduler"])

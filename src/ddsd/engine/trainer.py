@@ -39,6 +39,7 @@ from ddsd.engine.checkpoint import load_checkpoint
 from ddsd.engine.epoch import EpochStats, epoch_row, train_epoch
 from ddsd.engine.evaluate import evaluate, main_metric
 from ddsd.engine.interrupts import TrainingInterrupted, deferred, sigterm_as_interrupt, watch_parent
+from ddsd.engine.resume import data_identity
 from ddsd.engine.rundir import MetricsLog, RunDir, environment, remove_attempt, run_files, write_json
 from ddsd.engine.saving import RunProgress, guarded_write, save_epoch
 from ddsd.engine.seeding import get_rng_state
@@ -110,6 +111,7 @@ class _Outputs:
     env: dict[str, Any]
     saved_config: dict[str, Any]
     key: str
+    data: dict[str, Any]  # the train / val images (ddsd.engine.resume.data_identity): a resume must find them
 
 
 def _open_outputs(s: Session, run: RunDir, where: RunProgress) -> _Outputs:
@@ -131,7 +133,8 @@ def _open_outputs(s: Session, run: RunDir, where: RunProgress) -> _Outputs:
         except ImportError as e:
             raise RuntimeError("train.tensorboard needs the tensorboard package: pip install tensorboard") from e
         writer = SummaryWriter(str(run.root / "tensorboard"))
-    return _Outputs(run, where, log, writer, env, saved_config, main_metric(s.val_ds))
+    return _Outputs(run, where, log, writer, env, saved_config, main_metric(s.val_ds),
+                    data_identity({"train": s.train_ds, "val": s.val_ds}))
 
 
 def _wrap(s: Session) -> nn.Module:
@@ -211,6 +214,7 @@ def _end_epoch(s: Session, o: _Outputs, net: nn.Module, epoch: int, stats: Epoch
             "lr_scheduler": s.lr_sched.state_dict(), "criterion": s.crit.state_dict(),
             "scaler": s.scaler.state_dict(), "rng": get_rng_state(), "epoch": epoch + 1, "step": s.step,
             "best_metric": s.best, "best_epoch": s.best_epoch, "config": o.saved_config, "val": val, "env": o.env,
+            "data": o.data,
         }
         assert o.log is not None
         with deferred():  # a signal waits until last.pt and where.saved agree
