@@ -77,6 +77,11 @@ def cache_key(spec: DatasetSpec, split: str, samples: Sequence[Sample], size: tu
     return h.hexdigest()
 
 
+def content_digest(images_sha256: str, masks_sha256: str) -> str:
+    """One SHA-256 for a split's decoded arrays, from their :func:`array_digest` values (the cache's checksums)."""
+    return hashlib.sha256(f"{images_sha256}{masks_sha256}".encode()).hexdigest()
+
+
 def array_digest(a: np.ndarray) -> str:
     """SHA-256 of an array's bytes (C order), read through a memory map without copying."""
     return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ddsd._errors import fail
 from ddsd.data.check import CheckReport, check_dataset
-from ddsd.data.errors import MAX_SHOWN, DataError
+from ddsd.data.errors import MAX_SHOWN, DataError, name_list
 from ddsd.data.spec import PROCEDURAL_NAMES, load_spec, shipped_names
 from ddsd.data.splits import plan_splits, write_splits
 
@@ -112,10 +112,6 @@ def check(
         raise typer.Exit(1)
 
 
-def _names(stems: list[str], limit: int = 5) -> str:
-    return ", ".join(stems[:limit]) + (f" and {len(stems) - limit} more" if len(stems) > limit else "")
-
-
 @app.command()
 def split(
     root: str = typer.Argument(..., help="A dataset folder with images/ + masks/ (or the spellings detection "
@@ -139,7 +135,7 @@ def split(
     for what, stems in (("image(s) without a mask", plan.images_without_mask),
                         ("mask(s) without an image", plan.masks_without_image)):
         if stems:
-            console.print(f"[yellow]warning:[/yellow] left out {len(stems)} {what}: {escape(_names(stems))}",
+            console.print(f"[yellow]warning:[/yellow] left out {len(stems)} {what}: {escape(name_list(stems))}",
                           highlight=False)
     t = Table(title=f"{escape(str(plan.root))} (seed {plan.seed})")
     t.add_column("split")

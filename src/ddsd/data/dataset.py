@@ -7,7 +7,6 @@ their own sizes on each access. The procedural set is generated in memory.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ddsd.data.cache import SplitCache, array_digest, cache_key, default_cache_dir
+from ddsd.data.cache import SplitCache, array_digest, cache_key, content_digest, default_cache_dir
 from ddsd.data.encodings import read_mask
 from ddsd.data.errors import DataError, ErrorCollector
 from ddsd.data.layouts import Sample, resolve_split
@@ -170,8 +169,7 @@ def build_dataset(spec: DatasetSpec | str, split: str, size: tuple[int, int] | N
         stems = [f"{split}_{i:05d}" for i in range(len(images))]
         return SegDataset(spec, split, stems, arrays=(images, masks), size=size, augment=augment, seed=seed,
                           original_sizes=[size] * len(stems),
-                          content_digest=hashlib.sha256((array_digest(images) + array_digest(masks)).encode()
-                                                        ).hexdigest())
+                          content_digest=content_digest(array_digest(images), array_digest(masks)))
 
     require_root(spec)
     errors = ErrorCollector()
@@ -197,10 +195,9 @@ def build_dataset(spec: DatasetSpec | str, split: str, size: tuple[int, int] | N
         meta = _build_cache(cache, spec, split, samples, size, workers, pad)
     original_sizes = [tuple(x) for x in meta["original_sizes"]]
     sums = meta.get("checksums") or {}
-    digest = hashlib.sha256(f"{sums.get('images')}{sums.get('masks')}".encode()).hexdigest() if sums else None
     return SegDataset(spec, split, stems, samples=samples, cache=cache, size=size, augment=augment,
                       seed=seed, original_sizes=original_sizes, pad=pad,  # type: ignore[arg-type]
-                      content_digest=digest)
+                      content_digest=content_digest(sums["images"], sums["masks"]) if sums else None)
 
 
 def _build_cache(cache: SplitCache, spec: DatasetSpec, split: str, samples: list[Sample],

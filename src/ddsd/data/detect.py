@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ddsd.data.encodings import ReadError, open_image, palette_as_binary, sixteen_to_eight
-from ddsd.data.errors import DataError, ErrorCollector
+from ddsd.data.errors import DataError, ErrorCollector, name_list
 from ddsd.data.layouts import index_folder, resolve_split, split_exists
 from ddsd.data.reader import thread_map
 from ddsd.data.spec import DatasetSpec, spec_from_dict
@@ -124,11 +124,6 @@ def _binary_like(counts: dict[int, int]) -> bool:
             and any(v < 128 for v in between) and any(v >= 128 for v in between))
 
 
-def _names(files: list[MaskStats], limit: int = 5) -> str:
-    shown = ", ".join(f.path.name for f in files[:limit])
-    return shown + (f" and {len(files) - limit} more" if len(files) > limit else "")
-
-
 def _mixed_notes(stats: list[MaskStats], majority: str, how: dict[str, str]) -> list[str]:
     """One note per minority kind, naming its files and how they are read."""
     notes = []
@@ -136,7 +131,7 @@ def _mixed_notes(stats: list[MaskStats], majority: str, how: dict[str, str]) -> 
         files = [f for f in stats if f.kind == kind]
         if kind != majority and files:
             notes.append(f"mixed mask kinds: {len(files)} {kind} mask(s) among mostly {majority} ones, "
-                         f"{how.get(kind, 'read as ' + majority)}: {_names(files)}")
+                         f"{how.get(kind, 'read as ' + majority)}: {name_list([f.path.name for f in files])}")
     return notes
 
 

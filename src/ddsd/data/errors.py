@@ -24,6 +24,11 @@ class DataError(ValueError):
         super().__init__(format_errors(heading, self.errors))
 
 
+def name_list(names: list[str], limit: int = 5) -> str:
+    """The first ``limit`` names, comma-separated, and how many more there are (``a, b and 3 more``)."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def format_errors(heading: str, errors: list[str], limit: int = MAX_SHOWN) -> str:
     """Heading plus the first ``limit`` errors as a bulleted list and a count of the rest."""
     if not errors:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ddsd.config import ConfigError, RunConfig
+from ddsd.data.errors import name_list
 from ddsd.engine.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = ["check_resumable", "check_same_data", "data_identity", "load_last"]
@@ -67,10 +68,6 @@ def data_identity(datasets: dict[str, Any]) -> dict[str, dict[str, Any]]:
             for split, ds in datasets.items()}
 
 
-def _names(stems: list[str], limit: int = 3) -> str:
-    return ", ".join(stems[:limit]) + (f" and {len(stems) - limit} more" if len(stems) > limit else "")
-
-
 def check_same_data(saved: dict[str, Any] | None, now: dict[str, dict[str, Any]], path: Path) -> str | None:
     """Refuse to resume on other images than the checkpoint's (files added to or removed from a split: the run
     would silently mix two datasets). The same names with other decoded pixels (files edited in place, or
@@ -87,8 +84,8 @@ def check_same_data(saved: dict[str, Any] | None, now: dict[str, dict[str, Any]]
         if old["stems"] != cur["stems"]:
             added = sorted(set(cur["stems"]) - set(old["stems"]))
             gone = sorted(set(old["stems"]) - set(cur["stems"]))
-            what = "; ".join(x for x in (f"{len(added)} added ({_names(added)})" if added else "",
-                                         f"{len(gone)} removed ({_names(gone)})" if gone else "") if x)
+            what = "; ".join(x for x in (f"{len(added)} added ({name_list(added, 3)})" if added else "",
+                                         f"{len(gone)} removed ({name_list(gone, 3)})" if gone else "") if x)
             raise ConfigError(f"cannot resume {path}: the {split} split is not the one this run was trained on "
                               f"({len(old['stems'])} -> {len(cur['stems'])} images: {what or 'reordered'}); resuming "
                               f"would mix two datasets. Restore the split's files or list, or train anew with "
